@@ -1,0 +1,31 @@
+# The two commands a new user needs: `make run` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Stages call `python`: the project's environment comes first on PATH.
+WITH_VENV := PATH="$(CURDIR)/$(BIN):$$PATH"
+# This machine's pip configuration lists local indexes that lack some packages; pip warns once per package.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: run test ui venv
+
+venv: $(STAMP)
+
+# (Re)install only when the project's requirements change.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | $(QUIET_PIP)
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(WITH_VENV) dvc repro
+
+test: $(STAMP)
+	$(WITH_VENV) python -m pytest
+
+ui: $(STAMP)
+	$(WITH_VENV) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db

@@ -1,0 +1,199 @@
+"""params.yaml -> a typed, validated config.
+
+Every knob lives in params.yaml and nowhere else. Every key is required and
+unknown keys are errors, so a misspelt key fails loudly before any work instead
+of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from segpipe.errors import SegpipeError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _one_of(registry_name: str):
+    """A validator that accepts the keys of a registry, looked up lazily so the
+    registry (not a copy of its names) is the single source of valid choices."""
+
+    def check(value: str) -> str:
+        choices = _registries()[registry_name]
+        if value not in choices:
+            raise ValueError(f"unknown {registry_name} {value!r}; valid choices: {', '.join(sorted(choices))}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _registries() -> dict[str, Any]:
+    from segpipe.data.sources import SOURCES
+    from segpipe.losses import LOSSES
+    from segpipe.models import MODELS
+
+    return {"dataset": SOURCES, "model": MODELS, "loss": LOSSES}
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class ShapesParams(Strict):
+    num_images: PositiveInt
+    image_size: Annotated[int, Field(ge=16)]
+    max_objects: PositiveInt
+    seed: int
+
+
+class DataParams(Strict):
+    dataset: Annotated[str, _one_of("dataset")]
+    shapes: ShapesParams
+
+
+class SplitParams(Strict):
+    seed: int
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+    test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)]
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1 so that some images are left to train on")
+        return self
+
+
+class PreprocessParams(Strict):
+    size: PositiveInt
+    on_bad_sample: Literal["error", "skip"]
+    split: SplitParams
+
+
+class ModelParams(Strict):
+    name: Annotated[str, _one_of("model")]
+    pooling: Literal["max", "avg"]
+    base_channels: PositiveInt
+
+
+class LossParams(Strict):
+    name: Annotated[str, _one_of("loss")]
+    # One weight per class (in manifest order), or null for unweighted.
+    class_weights: list[Annotated[float, Field(ge=0.0)]] | None
+
+
+class AugmentParams(Strict):
+    scale_min: Annotated[float, Field(gt=0.0)]
+    scale_max: Annotated[float, Field(gt=0.0)]
+    random_crop: bool
+    hflip: Probability
+    vflip: Probability
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.scale_min > self.scale_max:
+            raise ValueError("scale_min must not exceed scale_max")
+        return self
+
+
+class TrainParams(Strict):
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    seed: int
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Literal["adamw", "sgd"]
+    lr: Annotated[float, Field(gt=0.0)]
+    weight_decay: Annotated[float, Field(ge=0.0)]
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)]
+    schedule: Literal["cosine", "poly"]
+    warmup_epochs: Annotated[int, Field(ge=0)]
+    amp: bool
+    channels_last: bool
+
+
+class EvaluateParams(Strict):
+    batch_size: PositiveInt
+
+
+class ReportParams(Strict):
+    num_examples: Annotated[int, Field(ge=0)]
+
+
+class MlflowParams(Strict):
+    experiment: Annotated[str, Field(min_length=1)]
+
+
+class Params(Strict):
+    data: DataParams
+    preprocess: PreprocessParams
+    model: ModelParams
+    loss: LossParams
+    augment: AugmentParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    report: ReportParams
+    mlflow: MlflowParams
+
+
+def _describe(error: dict[str, Any], params: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "missing":
+        return f"{key}: missing; add it to params.yaml (see the README's list of knobs)"
+    if kind == "extra_forbidden":
+        parent = error["loc"][:-1]
+        valid = _field_names(Params, parent)
+        return f"{key}: unknown key; valid keys here: {', '.join(valid)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and kind not in ("model_type", "dict_type") and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return f"{key}: {message}" if key else message
+
+
+def _field_names(model: type[BaseModel], path: tuple) -> list[str]:
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        model = annotation
+    return list(model.model_fields)
+
+
+def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
+    """Validate a params mapping; raise SegpipeError naming every bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(e, raw)}" for e in exc.errors())
+        raise SegpipeError(f"{source} is invalid:\n{problems}") from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SegpipeError(f"{path} not found; run from the project root, where params.yaml lives") from None
+    except yaml.YAMLError as exc:
+        raise SegpipeError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """Dotted keys -> values, the way MLflow and `dvc params diff` show them."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", params.model_dump())
+    return flat
