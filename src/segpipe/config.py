@@ -142,7 +142,7 @@ class Params(Strict):
     mlflow: MlflowParams
 
 
-def _describe(error: dict[str, Any], params: Any) -> str:
+def _describe(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
     if kind == "missing":
@@ -152,7 +152,8 @@ def _describe(error: dict[str, Any], params: Any) -> str:
         valid = _field_names(Params, parent)
         return f"{key}: unknown key; valid keys here: {', '.join(valid)}"
     message = error["msg"].removeprefix("Value error, ")
-    if "input" in error and kind not in ("model_type", "dict_type") and not isinstance(error["input"], dict):
+    # Show the offending value, unless the message already quotes it or it is a whole section.
+    if kind != "value_error" and not isinstance(error.get("input"), (dict, type(None))):
         message += f" (got {error['input']!r})"
     return f"{key}: {message}" if key else message
 
@@ -169,7 +170,7 @@ def parse_params(raw: Any, source: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "\n".join(f"  - {_describe(e, raw)}" for e in exc.errors())
+        problems = "\n".join(f"  - {_describe(e)}" for e in exc.errors())
         raise SegpipeError(f"{source} is invalid:\n{problems}") from None
 
 

@@ -115,9 +115,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> 
 @torch.inference_mode()
 def predict_masks(model: nn.Module, images: np.ndarray, info: DatasetInfo, runtime: Runtime) -> np.ndarray:
     """(N,H,W,3) uint8 images at the training size -> (N,H,W) uint8 class indices."""
-    mean = torch.as_tensor(info.mean, dtype=torch.float32, device=runtime.device)
-    std = torch.as_tensor(info.std, dtype=torch.float32, device=runtime.device)
-    batch = to_float_images(torch.from_numpy(np.array(images, dtype=np.uint8)).to(runtime.device), mean, std)
+    batch = to_float_images(torch.from_numpy(np.array(images, dtype=np.uint8)).to(runtime.device), info.mean, info.std)
     return predict_logits(model, batch, runtime).argmax(dim=1).to(torch.uint8).cpu().numpy()
 
 

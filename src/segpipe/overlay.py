@@ -29,7 +29,7 @@ def colourise(mask: np.ndarray) -> np.ndarray:
     return PALETTE[mask]
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
     """Blend class colours over an (H, W, 3) uint8 image; background and ignore stay clear."""
     coloured = colourise(mask).astype(np.float32)
     blended = image.astype(np.float32) * (1 - alpha) + coloured * alpha

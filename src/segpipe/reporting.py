@@ -72,7 +72,7 @@ def prediction_grid(images: np.ndarray, masks: np.ndarray, predictions: np.ndarr
         panels = [(images[row], f"{ids[row]}"), (overlay(images[row], masks[row]), "truth"),
                   (overlay(images[row], predictions[row]), "prediction")]
         for col, (panel, title) in enumerate(panels):
-            axes[row, col].imshow(panel)
+            axes[row, col].imshow(panel, interpolation="nearest")
             axes[row, col].set_title(title, fontsize=9)
             axes[row, col].axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[i] / 255) for i in range(len(classes))]

@@ -8,8 +8,9 @@ from torch.nn import functional as F
 
 
 def pool(kind: str) -> nn.Module:
-    """2x downsampling by `max` or `avg` pooling (params: model.pooling)."""
-    return nn.MaxPool2d(2) if kind == "max" else nn.AvgPool2d(2)
+    """2x downsampling by `max` or `avg` pooling (params: model.pooling). Rounding
+    up keeps odd and small inputs from shrinking to nothing in deep encoders."""
+    return nn.MaxPool2d(2, ceil_mode=True) if kind == "max" else nn.AvgPool2d(2, ceil_mode=True)
 
 
 class ConvBlock(nn.Sequential):

@@ -1,0 +1,95 @@
+import pytest
+import torch
+from torch.nn import functional as F
+
+from segpipe.errors import SegpipeError
+from segpipe.losses import LOSSES, create_loss
+from segpipe.models import MODELS, create_model, model_spec
+
+IGNORE = 255
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("size", [(32, 32), (30, 44)])
+def test_every_model_maps_images_to_logits_of_the_same_size_and_trains(name, pooling, size):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, pooling=pooling, base_channels=4)
+    images = torch.randn(2, 3, *size)
+    logits = model(images)
+    assert logits.shape == (2, 3, *size)
+    loss = F.cross_entropy(logits, torch.randint(0, 3, (2, *size)))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_pooling_choice_builds_the_named_layer():
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in create_model("unet", 2, "avg", 4).modules())
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in create_model("unet", 2, "avg", 4).modules())
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in create_model("fcn", 2, "max", 4).modules())
+
+
+def test_model_spec_rebuilds_the_same_architecture():
+    model = create_model("fcn", 5, "avg", 6)
+    spec = model_spec(model)
+    assert spec == {"name": "fcn", "num_classes": 5, "pooling": "avg", "base_channels": 6, "in_channels": 3}
+    again = create_model(spec["name"], spec["num_classes"], spec["pooling"], spec["base_channels"])
+    again.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_finite_differentiable_and_ignores_the_ignore_label(name):
+    torch.manual_seed(0)
+    loss_fn = create_loss(name, num_classes=3, ignore_index=IGNORE, class_weights=None)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :2] = IGNORE
+    loss = loss_fn(logits, target)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    # Ignored pixels get no gradient, and changing their logits changes nothing.
+    assert logits.grad[:, :, :2].abs().max() == 0
+    changed = logits.detach().clone()
+    changed[:, :, :2] = torch.randn(2, 3, 2, 8) * 10
+    assert loss_fn(changed, target) == pytest.approx(float(loss), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_near_zero_for_a_confident_correct_prediction(name):
+    target = torch.randint(0, 3, (2, 8, 8), generator=torch.Generator().manual_seed(1))
+    logits = F.one_hot(target, 3).permute(0, 3, 1, 2).float() * 50
+    assert float(create_loss(name, 3, IGNORE, None)(logits, target)) < 1e-3
+
+
+def test_mae_and_mse_by_hand():
+    # One pixel, two classes: softmax of (0, 0) is (0.5, 0.5); target class 1.
+    logits = torch.zeros(1, 2, 1, 1)
+    target = torch.ones(1, 1, 1, dtype=torch.long)
+    assert float(create_loss("mae", 2, IGNORE, None)(logits, target)) == pytest.approx(0.5)
+    assert float(create_loss("mse", 2, IGNORE, None)(logits, target)) == pytest.approx(0.25)
+
+
+def test_dice_by_hand():
+    # Two pixels, perfect hard one-hot probabilities except one pixel split 50/50.
+    logits = torch.tensor([[[[100.0, 0.0]], [[0.0, 0.0]]]])  # pixel 0: class 0; pixel 1: 50/50
+    target = torch.tensor([[[0, 1]]])
+    p = torch.tensor([[1.0, 0.5], [0.0, 0.5]])  # class x pixel
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    dice = (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    expected = 1 - dice.mean()
+    assert float(create_loss("dice", 2, IGNORE, None)(logits, target)) == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_class_weights_change_cross_entropy_like_torch():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    weights = [0.2, 1.0, 3.0]
+    ours = create_loss("cross_entropy", 3, IGNORE, weights)(logits, target)
+    assert float(ours) == pytest.approx(float(F.cross_entropy(logits, target, weight=torch.tensor(weights))), abs=1e-6)
+
+
+def test_class_weights_of_the_wrong_length_name_the_key():
+    with pytest.raises(SegpipeError, match=r"loss.class_weights has 2 values but the dataset has 3 classes"):
+        create_loss("dice", 3, IGNORE, [1.0, 2.0])
