@@ -3,13 +3,13 @@
 from segpipe.atomic import atomic_dir
 from segpipe.config import load_params
 from segpipe.data.sources import import_dataset
-from segpipe.stage import RAW_DIR, print_summary, run_stage
+from segpipe.stage import DOWNLOAD_CACHE, RAW_DIR, print_summary, run_stage
 
 
 def main() -> None:
     params = load_params()
     with atomic_dir(RAW_DIR) as staging:
-        dataset = import_dataset(params, staging)
+        dataset = import_dataset(params, staging, DOWNLOAD_CACHE)
     print_summary("download", dataset=dataset.dataset, pairs=len(dataset.pairs), classes=dataset.classes, out=str(RAW_DIR))
 
 

@@ -14,3 +14,12 @@ SHARED = REPO_ROOT.parent / "shared"
 def raw_params() -> dict:
     """The project's own params.yaml as a plain dict, safe to modify."""
     return copy.deepcopy(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
+
+
+@pytest.fixture
+def archive_server():
+    from tests.archive_server import ArchiveServer
+
+    server = ArchiveServer().start()
+    yield server
+    server.stop()

@@ -4,9 +4,6 @@ shapes dataset, then what each stage wrote, the MLflow run, and DVC's caching.""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,50 +12,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO_ROOT
+from tests.pipeline_project import SIZE, NUM_IMAGES, create_project, dvc, run, tiny_params
 
 pytestmark = pytest.mark.e2e
 
-NUM_IMAGES, SIZE = 40, 32
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], cwd, check)
-
-
-def tiny_params() -> dict:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"]["shapes"] |= {"num_images": NUM_IMAGES, "image_size": SIZE}
-    params["preprocess"]["size"] = SIZE
-    params["model"]["base_channels"] = 4
-    params["train"] |= {"epochs": 1, "batch_size": 8}
-    params["report"]["num_examples"] = 2
-    return params
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO_ROOT / name, root / name)
-    for name in ("stages", "src"):
-        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    run(["git", "init", "-q"], root)
-    dvc("init", "-q", cwd=root)
-    dvc("config", "core.analytics", "false", cwd=root)
-    run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init"], root)
+    root = create_project(tmp_path_factory.mktemp("project"), tiny_params())
     first = dvc("repro", cwd=root)
     (root / "first_repro.log").write_text(first.stdout + first.stderr)
     return root

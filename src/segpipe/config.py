@@ -54,9 +54,55 @@ class ShapesParams(Strict):
     seed: int
 
 
+class OxfordPetParams(Strict):
+    # Where the trimap's uncertain border goes: ignored, merged into pet or
+    # background (binary masks), or kept as a third class.
+    border: Literal["ignore", "pet", "background", "class"]
+
+
+GreyOrColour = Annotated[int, Field(ge=0, le=255)] | Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=3, max_length=3)]
+
+
+class FolderParams(Strict):
+    images: str | None
+    masks: str | None
+    classes: Annotated[list[str], Field(min_length=2, max_length=255)]
+    values: list[GreyOrColour] | None
+    ignore_value: GreyOrColour | None
+    threshold: Annotated[int, Field(ge=1, le=255)] | None
+    resize: Literal["image_to_mask", "mask_to_image"] | None
+    splits: dict[Literal["train", "val", "test"], str] | None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.threshold is not None and len(self.classes) != 2:
+            raise ValueError("threshold splits greyscale masks into two classes: list exactly two classes")
+        if self.threshold is not None and self.values is not None:
+            raise ValueError("set either threshold or values, not both")
+        if self.values is not None:
+            if len(self.values) != len(self.classes):
+                raise ValueError(f"values has {len(self.values)} entries for {len(self.classes)} classes: give one per class")
+            if len({isinstance(v, list) for v in self.values}) > 1:
+                raise ValueError("values must be all grey levels or all RGB colours")
+        return self
+
+
 class DataParams(Strict):
     dataset: Annotated[str, _one_of("dataset")]
+    # Base URL (or local folder) holding the official archives under their own
+    # file names, used instead of the datasets' home sites.
+    mirror: str | None
     shapes: ShapesParams
+    oxford_pet: OxfordPetParams
+    folder: FolderParams
+
+    @model_validator(mode="after")
+    def _folder_is_described(self):
+        if self.dataset == "folder":
+            unset = [key for key in ("images", "masks") if getattr(self.folder, key) is None]
+            if unset:
+                raise ValueError(f"data.dataset is folder: set data.folder.{' and data.folder.'.join(unset)}")
+        return self
 
 
 class SplitParams(Strict):

@@ -13,6 +13,8 @@ from segpipe.errors import SegpipeError
 # DVC runs every stage from the folder that holds dvc.yaml: the project root.
 PROJECT_ROOT = Path.cwd()
 RAW_DIR = Path("data/raw")
+# Verified archives, kept outside DVC's outputs so that re-running download never fetches them again.
+DOWNLOAD_CACHE = Path("data/downloads")
 PROCESSED_DIR = Path("data/processed")
 BEST_MODEL = Path("models/model.pt")
 LAST_CHECKPOINT = Path("models/last.pt")

@@ -72,14 +72,14 @@ def assign_splits(pairs: list[Pair], params: SplitParams) -> dict[str, list[Pair
 
     if free:
         order = [free[i] for i in rng.permutation(len(free))]
-        n_test = _share(len(order), params.test_fraction)
-        n_val = _share(len(order), params.val_fraction)
+        n_test = _share(len(order), params.test_fraction, parts=3)
+        n_val = _share(len(order), params.val_fraction, parts=3)
         result["test"] += order[:n_test]
         result["val"] += order[n_test : n_test + n_val]
         result["train"] += order[n_test + n_val :]
     if trainval:
         order = [trainval[i] for i in rng.permutation(len(trainval))]
-        n_val = _share(len(order), params.val_fraction)
+        n_val = _share(len(order), params.val_fraction, parts=2)
         result["val"] += order[:n_val]
         result["train"] += order[n_val:]
     for name in SPLITS:
@@ -87,9 +87,9 @@ def assign_splits(pairs: list[Pair], params: SplitParams) -> dict[str, list[Pair
     return result
 
 
-def _share(total: int, fraction: float) -> int:
-    # At least one image whenever there are enough to go round, so no split is empty.
-    return max(1, round(total * fraction)) if total >= 3 else 0
+def _share(total: int, fraction: float, parts: int) -> int:
+    # At least one image whenever there are enough to go round the `parts` splits, so none is empty.
+    return max(1, round(total * fraction)) if total >= parts else 0
 
 
 def class_pixel_counts(masks: np.ndarray, num_classes: int) -> list[int]:
