@@ -8,7 +8,7 @@ from segpipe.data.processed import DatasetInfo, ProcessedSplit
 from segpipe.device import runtime_for
 from segpipe.engine import Batches, evaluate
 from segpipe.metrics import scores
-from segpipe.stage import BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, PROJECT_ROOT, print_summary, run_stage
+from segpipe.stage import BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, print_summary, run_stage
 from segpipe.tracking import log_to_run
 
 
@@ -35,7 +35,7 @@ def main() -> None:
         "classes": info.classes, "ignore_index": info.ignore_index,
         "rows": "true class", "columns": "predicted class", "matrix": matrix.numpy().tolist(),
     })
-    log_to_run(PROJECT_ROOT, checkpoint["mlflow_run_id"], metrics=test_metrics_for_mlflow(results),
+    log_to_run(checkpoint["mlflow_run_id"], params.mlflow.required, metrics=test_metrics_for_mlflow(results),
                artifacts={"metrics": [EVAL_METRICS, CONFUSION_MATRIX]})
     print_summary("evaluate", miou=results["miou"], f1=results["f1"], pixel_accuracy=results["pixel_accuracy"],
                   test_images=len(test.split))

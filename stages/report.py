@@ -13,7 +13,7 @@ from segpipe.device import runtime_for
 from segpipe.engine import predict_masks
 from segpipe.reporting import confusion_figure, prediction_grid, render_html, render_markdown, training_curves
 from segpipe.stage import (
-    BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, PROJECT_ROOT, REPORTS_DIR, TRAIN_HISTORY, TRAIN_METRICS,
+    BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, REPORTS_DIR, TRAIN_HISTORY, TRAIN_METRICS,
     print_summary, run_stage,
 )
 from segpipe.tracking import log_to_run
@@ -46,7 +46,7 @@ def main() -> None:
         (staging / "report.md").write_text(render_markdown(title, evaluation, training, figures, "figures"))
         (staging / "report.html").write_text(render_html(title, evaluation, training, figures))
 
-    log_to_run(PROJECT_ROOT, checkpoint["mlflow_run_id"], artifacts={
+    log_to_run(checkpoint["mlflow_run_id"], params.mlflow.required, artifacts={
         "report": [REPORTS_DIR / "report.html", REPORTS_DIR / "report.md"],
         "report/figures": [REPORTS_DIR / "figures" / f"{f.name}.png" for f in figures],
     })

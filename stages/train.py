@@ -9,7 +9,7 @@ from dataclasses import asdict
 import torch
 
 from segpipe.atomic import atomic_file, write_json
-from segpipe.checkpoint import save_checkpoint
+from segpipe.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from segpipe.config import flatten, load_params
 from segpipe.data.processed import DatasetInfo, ProcessedSplit
 from segpipe.device import runtime_for
@@ -21,7 +21,7 @@ from segpipe.optim import build_optimizer, build_scheduler
 from segpipe.stage import (
     BEST_MODEL, LAST_CHECKPOINT, PROCESSED_DIR, PROJECT_ROOT, TRAIN_HISTORY, TRAIN_METRICS, print_summary, run_stage,
 )
-from segpipe.tracking import TrainingRun, git_commit
+from segpipe.tracking import TrainingRun, lineage_tags
 
 
 def main() -> None:
@@ -41,8 +41,9 @@ def main() -> None:
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
 
     history, best_miou, images_seen, started = [], -1.0, 0, time.perf_counter()
-    tags = {"git_commit": git_commit(PROJECT_ROOT), "dataset": info.dataset, "model": params.model.name}
-    with TrainingRun(PROJECT_ROOT, params.mlflow.experiment, flatten(params), tags) as run:
+    tags = lineage_tags(PROJECT_ROOT) | {"dataset": info.dataset, "model": params.model.name}
+    with TrainingRun(params.mlflow.experiment, flatten(params), tags, params.mlflow.required) as run:
+        run.log_dataset(info.dataset, PROCESSED_DIR, tags.get("data_processed_dvc_md5"))
         print(f"training {params.model.name} on {len(train_batches.split)} images, device {runtime.device}", flush=True)
         for epoch in range(1, params.train.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
@@ -89,6 +90,8 @@ def main() -> None:
             "device": str(runtime.device),
         }
         run.log_metrics({"best_val_miou": summary["best_val_miou"], "train_seconds": summary["seconds"]})
+        example = next(val_batches.iterate())[0][:2].float().cpu().contiguous().numpy()
+        run.log_model(model_from_checkpoint(load_checkpoint(BEST_MODEL)), example, params.mlflow.register_model)
 
     write_json(TRAIN_METRICS, summary)
     with atomic_file(TRAIN_HISTORY) as handle:

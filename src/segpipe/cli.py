@@ -1,6 +1,7 @@
 """`segpipe`: what users do outside the DVC graph.
 
     segpipe predict IMAGE [IMAGE ...] [--model models/model.pt] [--out predictions]
+    segpipe compare [--sort test_miou] [--params ...] [--metrics ...] [--baseline RUN_ID] [--out runs.csv|runs.md]
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segpipe.compare import DEFAULT_METRICS, DEFAULT_PARAMS
 from segpipe.errors import SegpipeError
 
 
@@ -56,6 +58,31 @@ def predict_files(model_path: Path, images: list[Path], out_dir: Path, device: s
     return written
 
 
+def compare_runs(args) -> None:
+    import pandas as pd
+
+    from segpipe.compare import against_baseline, leaderboard, search_runs, write_table
+    from segpipe.tracking import tracking_uri
+
+    experiment = args.experiment or _experiment_from_params()
+    table = leaderboard(search_runs(experiment, tracking_uri()), args.params, args.metrics, args.sort, args.ascending)
+    if args.baseline:
+        table = against_baseline(table, args.baseline, args.params, args.metrics)
+    if args.limit:
+        table = table.head(args.limit)
+    with pd.option_context("display.max_columns", None, "display.width", 200, "display.float_format", "{:.4f}".format):
+        print(table.to_string(index=False) if not table.empty else f"no runs in experiment {experiment!r}")
+    if args.out:
+        write_table(table, args.out)
+        print(f"written: {args.out}")
+
+
+def _experiment_from_params() -> str:
+    from segpipe.config import load_params
+
+    return load_params().mlflow.experiment
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,11 +91,22 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", type=Path, default=Path("models/model.pt"))
     predict.add_argument("--out", type=Path, default=Path("predictions"))
     predict.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    compare = commands.add_parser("compare", help="leaderboard of the MLflow experiment's runs")
+    compare.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment in params.yaml)")
+    compare.add_argument("--params", nargs="*", default=DEFAULT_PARAMS, help="params to show (dotted keys)")
+    compare.add_argument("--metrics", nargs="*", default=DEFAULT_METRICS, help="metrics to show")
+    compare.add_argument("--sort", default="test_miou", help="metric to sort by, best first")
+    compare.add_argument("--ascending", action="store_true", help="sort lowest first (for losses)")
+    compare.add_argument("--baseline", metavar="RUN_ID", help="show each run's differences from this run")
+    compare.add_argument("--limit", type=int, help="show the first N runs only")
+    compare.add_argument("--out", type=Path, help="also write the table as .csv or .md")
     args = parser.parse_args(argv)
     try:
         if args.command == "predict":
             for path in predict_files(args.model, args.images, args.out, args.device):
                 print(path)
+        elif args.command == "compare":
+            compare_runs(args)
     except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

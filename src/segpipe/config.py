@@ -174,6 +174,10 @@ class ReportParams(Strict):
 
 class MlflowParams(Strict):
     experiment: Annotated[str, Field(min_length=1)]
+    # false: an unreachable store is a warning, and results stay in metrics/ only.
+    required: bool
+    # Register the trained model under this name in the model registry, or null.
+    register_model: Annotated[str, Field(min_length=1)] | None
 
 
 class Params(Strict):
