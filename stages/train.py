@@ -9,7 +9,7 @@ from dataclasses import asdict
 import torch
 
 from segpipe.atomic import atomic_file, write_json
-from segpipe.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from segpipe.checkpoint import Checkpointer, load_checkpoint, model_from_checkpoint
 from segpipe.config import flatten, load_params
 from segpipe.data.processed import DatasetInfo, ProcessedSplit
 from segpipe.device import runtime_for
@@ -22,6 +22,20 @@ from segpipe.stage import (
     BEST_MODEL, LAST_CHECKPOINT, PROCESSED_DIR, PROJECT_ROOT, TRAIN_HISTORY, TRAIN_METRICS, print_summary, run_stage,
 )
 from segpipe.tracking import TrainingRun, lineage_tags
+
+
+def epoch_record(epoch: int, lr: float, stats: dict, val_loss: float, val: dict) -> dict:
+    """One row of metrics/train_history.csv and one step of the MLflow curves."""
+    return {
+        "epoch": epoch, "train_loss": round(stats["loss"], 6), "val_loss": round(val_loss, 6),
+        "val_miou": val["miou"], "val_f1": val["f1"], "val_pixel_accuracy": val["pixel_accuracy"],
+        "lr": lr, "images_per_second": round(stats["images_per_second"], 2), "seconds": round(stats["seconds"], 3),
+    }
+
+
+def describe(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']}/{epochs} loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
+            f"val_miou {row['val_miou'] or 0:.4f} lr {row['lr']:.2e} {row['images_per_second']:.0f} img/s {row['seconds']:.1f}s")
 
 
 def main() -> None:
@@ -40,7 +54,8 @@ def main() -> None:
     scheduler = build_scheduler(optimizer, params.train, len(train_batches))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
 
-    history, best_miou, images_seen, started = [], -1.0, 0, time.perf_counter()
+    checkpoints = Checkpointer(BEST_MODEL, LAST_CHECKPOINT)
+    history, images_seen, started = [], 0, time.perf_counter()
     tags = lineage_tags(PROJECT_ROOT) | {"dataset": info.dataset, "model": params.model.name}
     with TrainingRun(params.mlflow.experiment, flatten(params), tags, params.mlflow.required) as run:
         run.log_dataset(info.dataset, PROCESSED_DIR, tags.get("data_processed_dvc_md5"))
@@ -51,41 +66,29 @@ def main() -> None:
                 model, train_batches, loss_fn, optimizer, scheduler, scaler, runtime,
                 params.augment, info.ignore_index, generator, description=f"epoch {epoch}",
             )
-            images_seen += stats["images"]
             matrix, val_loss = evaluate(model, val_batches, info.num_classes, info.ignore_index, runtime, loss_fn)
             val = scores(matrix.numpy(), info.classes)
-            row = {
-                "epoch": epoch, "train_loss": round(stats["loss"], 6), "val_loss": round(val_loss, 6),
-                "val_miou": val["miou"], "val_f1": val["f1"], "val_pixel_accuracy": val["pixel_accuracy"],
-                "lr": lr, "images_per_second": round(stats["images_per_second"], 2), "seconds": round(stats["seconds"], 3),
-            }
+
+            row = epoch_record(epoch, lr, stats, val_loss, val)
             history.append(row)
+            images_seen += stats["images"]
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            print(
-                f"epoch {epoch}/{params.train.epochs} loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
-                f"val_miou {val['miou'] or 0:.4f} lr {lr:.2e} {row['images_per_second']:.0f} img/s {row['seconds']:.1f}s",
-                flush=True,
-            )
-            contents = {
-                "data": asdict(info), "params": params.model_dump(), "epoch": epoch, "val": val,
-                "history": history, "mlflow_run_id": run.run_id,
-            }
-            if (val["miou"] or 0.0) > best_miou:
-                best_miou = val["miou"] or 0.0
-                save_checkpoint(BEST_MODEL, model, **contents)
-            save_checkpoint(
-                LAST_CHECKPOINT, model, **contents, best_miou=best_miou,
-                optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=scaler.state_dict(),
-                rng={"torch": torch.get_rng_state(), "generator": generator.get_state()},
+            print(describe(row, params.train.epochs), flush=True)
+            checkpoints.save(
+                model, val["miou"],
+                training_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                "scaler": scaler.state_dict(),
+                                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()}},
+                data=asdict(info), params=params.model_dump(), epoch=epoch, val=val, history=history,
+                mlflow_run_id=run.run_id,
             )
 
-        seconds = time.perf_counter() - started
         train_seconds = sum(r["seconds"] for r in history)
         summary = {
-            "best_val_miou": round(best_miou, 6),
+            "best_val_miou": round(checkpoints.best_miou, 6),
             "best_epoch": max(history, key=lambda r: r["val_miou"] or 0.0)["epoch"],
             "epochs": params.train.epochs,
-            "seconds": round(seconds, 2),
+            "seconds": round(time.perf_counter() - started, 2),
             "train_images_per_second": round(images_seen / train_seconds, 2) if train_seconds else 0.0,
             "device": str(runtime.device),
         }

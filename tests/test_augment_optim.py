@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -77,3 +79,15 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0, abs=1e-9)
     assert lr_factor(55, 100, 10, "poly") == pytest.approx(0.5**0.9)
     assert lr_factor(0, 100, 0, "poly") == pytest.approx(1.0)
+
+
+def test_overlay_paints_classes_over_a_grey_image():
+    from segpipe.overlay import PALETTE, overlay
+
+    image = np.zeros((1, 3, 3), np.uint8)
+    image[0] = [[255, 0, 0], [0, 255, 0], [10, 20, 30]]
+    mask = np.array([[0, 1, 255]], np.uint8)
+    out = overlay(image, mask, alpha=0.5)
+    assert out[0, 0].tolist() == [76, 76, 76]                      # background: the grey of pure red
+    assert out[0, 1].tolist() == np.round(255 * 0.587 * 0.5 + PALETTE[1] * 0.5).astype(int).tolist()
+    assert out[0, 2].tolist() == [18, 18, 18]                      # ignore: grey only

@@ -53,7 +53,7 @@ def test_every_loss_is_finite_differentiable_and_ignores_the_ignore_label(name):
     assert logits.grad[:, :, :2].abs().max() == 0
     changed = logits.detach().clone()
     changed[:, :, :2] = torch.randn(2, 3, 2, 8) * 10
-    assert loss_fn(changed, target) == pytest.approx(float(loss), abs=1e-6)
+    assert float(loss_fn(changed, target)) == pytest.approx(loss.item(), abs=1e-6)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

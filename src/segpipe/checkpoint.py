@@ -41,3 +41,21 @@ def model_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | str
     model = create_model(spec["name"], spec["num_classes"], spec["pooling"], spec["base_channels"], spec["in_channels"])
     model.load_state_dict(checkpoint["model"]["state"])
     return model.to(device).eval()
+
+
+class Checkpointer:
+    """Keeps the best epoch by validation mIoU (weights and data contract) and the
+    latest epoch with everything a resume needs (optimizer, schedule, scaler, RNG)."""
+
+    def __init__(self, best_path: Path, last_path: Path):
+        self.best_path, self.last_path = best_path, last_path
+        self.best_miou = -1.0
+
+    def save(self, model: SegmentationModel, val_miou: float | None, training_state: dict[str, Any], **contents: Any) -> bool:
+        """Write last (always) and best (when val_miou improved); True if it improved."""
+        improved = (val_miou or 0.0) > self.best_miou
+        if improved:
+            self.best_miou = val_miou or 0.0
+            save_checkpoint(self.best_path, model, **contents)
+        save_checkpoint(self.last_path, model, **contents, best_miou=self.best_miou, **training_state)
+        return improved

@@ -30,8 +30,10 @@ def colourise(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Blend class colours over an (H, W, 3) uint8 image; background and ignore stay clear."""
-    coloured = colourise(mask).astype(np.float32)
-    blended = image.astype(np.float32) * (1 - alpha) + coloured * alpha
-    keep = (mask == 0) | (mask == IGNORE_INDEX)
-    return np.where(keep[..., None], image, blended.round()).astype(np.uint8)
+    """Blend class colours over an (H, W, 3) uint8 image shown in grey, so that every
+    colour in the result comes from a class; background and ignore stay unpainted."""
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    base = np.repeat(grey[..., None], 3, axis=-1)
+    blended = base * (1 - alpha) + colourise(mask).astype(np.float32) * alpha
+    keep = ((mask == 0) | (mask == IGNORE_INDEX))[..., None]
+    return np.where(keep, base, blended).round().clip(0, 255).astype(np.uint8)
