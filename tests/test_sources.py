@@ -6,7 +6,6 @@ import tarfile
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from segpipe.config import parse_params

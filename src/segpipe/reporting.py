@@ -8,7 +8,6 @@ import base64
 import html
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib
 
