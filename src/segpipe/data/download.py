@@ -107,14 +107,13 @@ def fetch(archive: Archive, cache_dir: Path, mirror: str | None = None,
     if target.exists() and _matches(target, archive.checksum)[0]:
         return target
     url = archive_url(archive, mirror)
+    partial = cache_dir / f"{archive.filename}.part"
     if url.startswith("file://") or "://" not in url:
         source = Path(url.removeprefix("file://"))
         if not source.exists():
             raise SegpipeError(f"{source} not found; check data.mirror in params.yaml")
-        partial = cache_dir / f"{archive.filename}.part"
         shutil.copyfile(source, partial)
     else:
-        partial = cache_dir / f"{archive.filename}.part"
         for attempt in range(retries + 1):
             try:
                 _download_once(url, partial, timeout)
