@@ -6,8 +6,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Stages call `python`: the project's environment comes first on PATH.
-WITH_VENV := PATH="$(CURDIR)/$(BIN):$$PATH"
+# Stages call `python`: the project's environment comes first on PATH. Offline by
+# default: no usage telemetry from MLflow or DVC (an explicit setting wins).
+WITH_VENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} DVC_NO_ANALYTICS=$${DVC_NO_ANALYTICS:-1}
 # This machine's pip configuration lists local indexes that lack some packages; pip warns once per package.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 

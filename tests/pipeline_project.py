@@ -18,7 +18,7 @@ NUM_IMAGES, SIZE = 40, 32
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     clean["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{clean['PATH']}"
-    clean["DVC_NO_ANALYTICS"] = "1"
+    clean |= {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}  # tests never touch the internet
     result = subprocess.run(cmd, cwd=cwd, env=clean | (env or {}), capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -50,6 +50,7 @@ def create_project(root: Path, params: dict) -> Path:
     run(["git", "init", "-q"], root)
     dvc("init", "-q", cwd=root)
     dvc("config", "core.analytics", "false", cwd=root)
+    dvc("config", "core.check_update", "false", cwd=root)
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init"], root)
     return root

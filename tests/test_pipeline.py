@@ -156,3 +156,38 @@ def test_a_bad_mask_stops_preprocess_naming_it_and_keeps_the_old_outputs(project
     finally:
         mask_path.unlink()
         mask_path.write_bytes(original)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_stops_training_before_the_first_epoch(project):
+    model_before = (project / "models/model.pt").read_bytes()
+    env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    result = run([sys.executable, "stages/train.py"], project, check=False, env=env)
+    assert result.returncode == 2
+    assert "is unreachable" in result.stderr and "set mlflow.required: false" in result.stderr
+    assert "epoch 1/" not in result.stdout
+    assert (project / "models/model.pt").read_bytes() == model_before
+
+
+def test_without_required_tracking_the_pipeline_trains_and_keeps_its_results_in_files(project):
+    original = (project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["mlflow"]["required"] = False
+    params["train"]["seed"] = 7  # a change that re-runs train, evaluate and report
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = dvc("repro", cwd=project, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"})
+        assert "training without MLflow tracking (mlflow.required is false)" in result.stderr
+        assert "trained without MLflow tracking" in result.stderr
+        assert "Running stage 'report'" in result.stdout
+        assert read_json(project / "metrics/eval.json")["miou"] is not None
+        assert (project / "reports/report.html").exists()
+    finally:
+        (project / "params.yaml").write_text(original)

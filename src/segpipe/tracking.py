@@ -38,6 +38,8 @@ def tracking_uri() -> str:
 
 
 def _quiet_mlflow():
+    # The pipeline runs offline: no usage telemetry unless the user asks for it.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow  # slow to import: only in the stages that track
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
