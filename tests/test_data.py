@@ -133,3 +133,11 @@ def test_ignore_label_survives_resizing(tmp_path):
     masks = ProcessedSplit.load(tmp_path / "out", "train").masks
     assert set(np.unique(masks)) == {0, 1, IGNORE_INDEX}
     assert (masks[:, :, 5:] == IGNORE_INDEX).all() and (masks[:, :, :5] != IGNORE_INDEX).all()
+
+
+def test_error_lists_name_the_first_files_and_count_the_rest():
+    from segpipe.errors import shortlist
+
+    assert shortlist(["a", "b"], 3) == "a, b"
+    assert shortlist(["a", "b", "c", "d", "e"], 2) == "a, b, ... and 3 more"
+    assert shortlist(["x", "y", "z"], 1, separator="\n") == "x\n... and 2 more"

@@ -74,6 +74,19 @@ def prepare_store(uri: str) -> None:
             raise SegpipeError(f"the MLflow tracking server at {uri} is unreachable ({reason})") from None
 
 
+def _connect(uri: str):
+    """MLflow, pointed at a store that is ready for use (see prepare_store)."""
+    prepare_store(uri)
+    mlflow = _quiet_mlflow()
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def _defined(metrics: dict[str, float | None]) -> dict[str, float]:
+    """Metrics that have a value: a class absent from a split has none (null in metrics/)."""
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
@@ -115,17 +128,15 @@ class TrainingRun:
     metrics/ files still hold every result)."""
 
     def __init__(self, experiment: str, params: dict[str, Any], tags: dict[str, str], required: bool):
-        self.uri, self.run_id, self.mlflow = tracking_uri(), None, None
+        self.run_id, self.mlflow = None, None
         try:
-            prepare_store(self.uri)
+            mlflow = _connect(tracking_uri())
         except SegpipeError as exc:
             if required:
                 raise SegpipeError(f"{exc}; start it, fix MLFLOW_TRACKING_URI, or set mlflow.required: false "
                                    "in params.yaml to train without tracking") from None
             _warn(f"{exc}; training without MLflow tracking (mlflow.required is false), results stay in metrics/")
             return
-        mlflow = _quiet_mlflow()
-        mlflow.set_tracking_uri(self.uri)
         experiment_id = _experiment_id(mlflow, experiment)
         self.run_id = mlflow.start_run(experiment_id=experiment_id, tags=tags).info.run_id
         mlflow.log_params(params)
@@ -137,7 +148,7 @@ class TrainingRun:
 
     def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
         if self.active:
-            self.mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None}, step=step)
+            self.mlflow.log_metrics(_defined(metrics), step=step)
 
     def log_dataset(self, name: str, path: Path, digest: str | None) -> None:
         """The training data as an MLflow dataset input, its digest the DVC hash."""
@@ -158,7 +169,6 @@ class TrainingRun:
         example is a batch at the training size, and the signature comes from it."""
         if not self.active:
             return
-        import numpy as np
         import torch
         from mlflow.models import infer_signature
 
@@ -166,7 +176,7 @@ class TrainingRun:
         with torch.inference_mode():
             output = model(torch.from_numpy(example)).numpy()
         self.mlflow.pytorch.log_model(
-            model, name="model", input_example=example, signature=infer_signature(example, output.astype(np.float32)),
+            model, name="model", input_example=example, signature=infer_signature(example, output),
             serialization_format="pt2", registered_model_name=registered_name,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
@@ -202,12 +212,10 @@ def log_to_run(
         return
     uri = tracking_uri()
     try:
-        prepare_store(uri)
-        mlflow = _quiet_mlflow()
-        mlflow.set_tracking_uri(uri)
+        mlflow = _connect(uri)
         with mlflow.start_run(run_id=run_id):
             if metrics:
-                mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+                mlflow.log_metrics(_defined(metrics))
             for folder, paths in (artifacts or {}).items():
                 for path in paths:
                     mlflow.log_artifact(str(path), artifact_path=folder)

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from segpipe.data import IGNORE_INDEX
 from segpipe.data.raw import Pair, RawDataset
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, shortlist
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 _SHOWN = 10
@@ -34,11 +34,6 @@ def _by_stem(folder: Path, key: str) -> dict[str, Path]:
     if not files:
         raise SegpipeError(f"data.folder.{key}: no {', '.join(sorted(EXTENSIONS))} files in {folder}")
     return files
-
-
-def _listing(items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOWN])
-    return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
 def mask_to_labels(mask: Image.Image, spec, path: Path) -> np.ndarray:
@@ -94,7 +89,7 @@ def import_folder(params, out_dir: Path, cache_dir: Path, project_root: Path = P
     masks = _by_stem(project_root / spec.masks, "masks")
     missing = sorted(set(images) - set(masks))
     if missing:
-        raise SegpipeError(f"no mask in {spec.masks} for images {_listing(missing)}; add the masks or move those images out")
+        raise SegpipeError(f"no mask in {spec.masks} for images {shortlist(missing, _SHOWN)}; add the masks or move those images out")
     split_of = _split_lists(spec, project_root)
 
     (out_dir / "images").mkdir(parents=True)
@@ -126,7 +121,7 @@ def import_folder(params, out_dir: Path, cache_dir: Path, project_root: Path = P
         pairs.append(Pair(id=stem, image=image_name, mask=f"masks/{stem}.png", split=split_of.get(stem)))
     if mismatched:
         raise SegpipeError(
-            f"{len(mismatched)} images differ in size from their masks: {_listing(mismatched)}; "
+            f"{len(mismatched)} images differ in size from their masks: {shortlist(mismatched, _SHOWN)}; "
             "set data.folder.resize to image_to_mask (resize each image to its mask) or mask_to_image "
             "(resize each mask to its image, nearest neighbour)"
         )

@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from segpipe.config import PreprocessParams, SplitParams
 from segpipe.data.processed import SPLITS, ProcessedSplit, write_summary
 from segpipe.data.raw import Pair, RawDataset
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, shortlist
 
 # How many bad files an error message lists before it says "and N more".
 _SHOWN_PROBLEMS = 20
@@ -108,11 +108,9 @@ def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path) -> dict
 
     rejected = [s for s in samples if s.problem]
     if rejected and params.on_bad_sample == "error":
-        lines = [f"  - {s.pair.id}: {s.problem}" for s in rejected[:_SHOWN_PROBLEMS]]
-        if len(rejected) > _SHOWN_PROBLEMS:
-            lines.append(f"  ... and {len(rejected) - _SHOWN_PROBLEMS} more")
+        lines = shortlist([f"  - {s.pair.id}: {s.problem}" for s in rejected], _SHOWN_PROBLEMS, separator="\n")
         raise SegpipeError(
-            f"{len(rejected)} of {len(samples)} samples in {raw.root} are bad:\n" + "\n".join(lines)
+            f"{len(rejected)} of {len(samples)} samples in {raw.root} are bad:\n{lines}"
             + "\nFix or remove these files, or set preprocess.on_bad_sample: skip in params.yaml to leave them out."
         )
     good = {s.pair.id: s for s in samples if not s.problem}
