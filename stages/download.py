@@ -1,16 +1,21 @@
 """download: import the dataset named by data.dataset into data/raw/ (images, masks, manifest)."""
 
+import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
+
 from segpipe.atomic import atomic_dir
-from segpipe.config import load_params
-from segpipe.data.sources import import_dataset
-from segpipe.stage import DOWNLOAD_CACHE, RAW_DIR, print_summary, run_stage
+from segpipe.data.sources import SOURCES, import_dataset
+from segpipe.stage import DOWNLOAD_CACHE, RAW_DIR, print_summary, run_stage, stage_params, warn
 
 
 def main() -> None:
-    params = load_params()
+    params = stage_params()
+    SOURCES.check(params.data.dataset)
     with atomic_dir(RAW_DIR) as staging:
         dataset = import_dataset(params, staging, DOWNLOAD_CACHE)
-    print_summary("download", dataset=dataset.dataset, pairs=len(dataset.pairs), classes=dataset.classes, out=str(RAW_DIR))
+    if dataset.problems:
+        warn(f"{len(dataset.problems)} files could not be used (listed in {RAW_DIR}/manifest.json; preprocess reports them)")
+    print_summary("download", dataset=dataset.dataset, pairs=len(dataset.pairs), problems=len(dataset.problems),
+                  classes=dataset.classes, out=str(RAW_DIR))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,27 @@
-"""preprocess: validate every pair, resize once, split, and store uint8 arrays in data/processed/."""
+"""preprocess: validate every pair, bring it to the working resolution once, split, and
+store uint8 arrays in data/processed/."""
+
+import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
 
 from segpipe.atomic import atomic_dir
-from segpipe.config import load_params
 from segpipe.data.preprocess import preprocess
 from segpipe.data.raw import RawDataset
-from segpipe.stage import PROCESSED_DIR, RAW_DIR, print_summary, run_stage
+from segpipe.stage import PROCESSED_DIR, RAW_DIR, print_summary, run_stage, stage_params, warn
 
 
 def main() -> None:
-    params = load_params()
+    params = stage_params()
     raw = RawDataset.read(RAW_DIR)
     with atomic_dir(PROCESSED_DIR) as staging:
         summary = preprocess(raw, params.preprocess, staging)
-    print_summary("preprocess", counts=summary["counts"], rejected=len(summary["rejected"]), out=str(PROCESSED_DIR))
+    if summary["rejected"]:
+        warn(f"{len(summary['rejected'])} samples skipped (preprocess.on_bad_sample: skip); listed in "
+             f"{PROCESSED_DIR}/summary.json under rejected")
+    if summary["leaks"]:
+        warn(f"{len(summary['leaks'])} images appear in more than one split (same pixels): test scores may be inflated; "
+             f"listed in {PROCESSED_DIR}/summary.json under leaks (preprocess.on_leak: error stops instead)")
+    print_summary("preprocess", counts=summary["counts"], rejected=len(summary["rejected"]), leaks=len(summary["leaks"]),
+                  out=str(PROCESSED_DIR))
 
 
 if __name__ == "__main__":

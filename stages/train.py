@@ -1,27 +1,32 @@
-"""train: fit the model named in params on data/processed/, keep the best checkpoint by
-validation mIoU (models/model.pt) and a resumable last one (models/last.pt), and record
-the run in MLflow."""
+"""train: fit the model named in params on data/processed/, keep the best epoch by
+validation mIoU (models/model.pt, written only when training completes), and record
+the run in MLflow. An interrupted training resumes from its last completed epoch."""
+
+import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
 
 import csv
+import math
 import time
-from dataclasses import asdict
 
 import torch
 
 from segpipe.atomic import atomic_file, write_json
-from segpipe.checkpoint import Checkpointer, load_checkpoint, model_from_checkpoint
-from segpipe.config import flatten, load_params
-from segpipe.data.processed import DatasetInfo, ProcessedSplit
+from segpipe.checkpoint import ModelCheckpoint, ResumeState
+from segpipe.config import flatten, params_digest
+from segpipe.data.processed import DatasetInfo, ProcessedSplit, read_summary
 from segpipe.device import runtime_for
-from segpipe.engine import Batches, evaluate, seed_everything, train_one_epoch
-from segpipe.losses import create_loss
+from segpipe.engine import Batches, TrainingDiverged, evaluate, seed_everything, train_one_epoch
+from segpipe.errors import SegpipeError
+from segpipe.losses import LOSSES, create_loss, resolve_class_weights
 from segpipe.metrics import scores
-from segpipe.models import create_model
+from segpipe.models import MODELS, create_model, spec_for
 from segpipe.optim import build_optimizer, build_scheduler
+from segpipe.resume import discard, previous_training, random_states, restore_random_states, training_fingerprint
 from segpipe.stage import (
-    BEST_MODEL, LAST_CHECKPOINT, PROCESSED_DIR, PROJECT_ROOT, TRAIN_HISTORY, TRAIN_METRICS, print_summary, run_stage,
+    BEST_MODEL, PROCESSED_DIR, PROJECT_ROOT, RESUME_DIR, RESUME_STATE, RUN_LINK, TRAIN_HISTORY, TRAIN_METRICS,
+    print_summary, run_stage, stage_params, warn,
 )
-from segpipe.tracking import TrainingRun, lineage_tags
+from segpipe.tracking import TrainingRun, lineage_tags, new_run_name
 
 
 def epoch_record(epoch: int, lr: float, stats: dict, val_loss: float, val: dict) -> dict:
@@ -39,69 +44,129 @@ def describe(row: dict, epochs: int) -> str:
 
 
 def main() -> None:
-    params = load_params()
+    params = stage_params()
+    MODELS.check(params.model.name)
+    LOSSES.check(params.loss.name)
     info = DatasetInfo.load(PROCESSED_DIR)
+    spec = spec_for(params.model, info.num_classes)
+    class_weights = resolve_class_weights(params.loss.class_weights, info.num_classes, read_summary(PROCESSED_DIR))
     runtime = runtime_for(params.train.device, params.train.amp, params.train.channels_last)
     generator = seed_everything(params.train.seed)
 
-    train_batches = Batches(ProcessedSplit.load(PROCESSED_DIR, "train"), params.train.batch_size, runtime, info.mean, info.std)
-    val_batches = Batches(ProcessedSplit.load(PROCESSED_DIR, "val"), params.evaluate.batch_size, runtime, info.mean, info.std)
+    crop = tuple(params.train.crop) if params.train.crop else None
+    train_split = ProcessedSplit.load(PROCESSED_DIR, "train")
+    train_batches = Batches(train_split, params.train.batch_size, runtime, info.mean, info.std, crop, info.ignore_index)
+    # Validation batches as large as training ones: train reads no evaluate.* param, so changing one
+    # re-runs evaluate and report only.
+    val_batches = Batches(ProcessedSplit.load(PROCESSED_DIR, "val"), params.train.batch_size, runtime, info.mean, info.std)
+    train_batches.check_trainable()
+    input_shape = crop or train_split.uniform_shape
 
-    model = create_model(params.model.name, info.num_classes, params.model.pooling, params.model.base_channels)
-    model = model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
-    loss_fn = create_loss(params.loss.name, info.num_classes, info.ignore_index, params.loss.class_weights).to(runtime.device)
+    model = create_model(spec).to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
+    loss_fn = create_loss(params.loss.name, info.num_classes, info.ignore_index, class_weights).to(runtime.device)
     optimizer = build_optimizer(model, params.train)
     scheduler = build_scheduler(optimizer, params.train, len(train_batches))
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
 
-    checkpoints = Checkpointer(BEST_MODEL, LAST_CHECKPOINT)
-    history, images_seen, started = [], 0, time.perf_counter()
-    tags = lineage_tags(PROJECT_ROOT) | {"dataset": info.dataset, "model": params.model.name}
-    with TrainingRun(params.mlflow.experiment, flatten(params), tags, params.mlflow.required) as run:
-        run.log_dataset(info.dataset, PROCESSED_DIR, tags.get("data_processed_dvc_md5"))
-        print(f"training {params.model.name} on {len(train_batches.split)} images, device {runtime.device}", flush=True)
-        for epoch in range(1, params.train.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            stats = train_one_epoch(
-                model, train_batches, loss_fn, optimizer, scheduler, scaler, runtime,
-                params.augment, info.ignore_index, generator, description=f"epoch {epoch}",
-            )
-            matrix, val_loss = evaluate(model, val_batches, info.num_classes, info.ignore_index, runtime, loss_fn)
-            val = scores(matrix.numpy(), info.classes)
+    fingerprint = training_fingerprint(params, PROCESSED_DIR, PROJECT_ROOT / "stages/train.py")
+    state, why_not = previous_training(RESUME_STATE, fingerprint)
+    if why_not:
+        warn(why_not)
+    if state is not None:
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        scaler.load_state_dict(state.scaler)
+        restore_random_states(state.rng, generator)
+    history, best = (state.history, state.best) if state else ([], None)
+    run_name = state.mlflow_run_name if state else new_run_name(params.model.name, info.dataset)
+    earlier_seconds, started = (state.started if state else 0.0), time.perf_counter()
 
+    tags = lineage_tags(PROJECT_ROOT, params_digest(params)) | {"dataset": info.dataset, "model": params.model.name}
+    run = TrainingRun(params.mlflow.experiment, flatten(params), tags, params.mlflow.required, run_name,
+                      resume_run_id=state.mlflow_run_id if state else None)
+
+    def save_state(epoch: int) -> None:
+        ResumeState(fingerprint, epoch, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
+                    scaler.state_dict(), random_states(generator), history, best, run.run_id, run_name,
+                    earlier_seconds + time.perf_counter() - started).save(RESUME_STATE)
+
+    first_epoch = state.epoch + 1 if state else 1
+    if state is not None:
+        print(f"resuming from epoch {state.epoch} of {params.train.epochs} ({RESUME_STATE}), MLflow run {run.run_id}",
+              flush=True)
+        run.set_tags({"resumed_from_epoch": str(state.epoch)})
+        logged = run.logged_steps("train_loss")
+        for row in history:  # epochs whose metrics the interrupted run did not get to log
+            if row["epoch"] not in logged:
+                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+    else:
+        run.log_dataset(info.dataset, PROCESSED_DIR, tags.get("data_processed_dvc_md5"))
+        save_state(0)
+    print(f"training {params.model.name} on {len(train_split)} images, device {runtime.device}, MLflow run {run_name}",
+          flush=True)
+
+    epoch = first_epoch
+    try:
+        for epoch in range(first_epoch, params.train.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            stats = train_one_epoch(model, train_batches, loss_fn, optimizer, scheduler, scaler, runtime,
+                                    params.augment, info.ignore_index, generator, epoch, description=f"epoch {epoch}")
+            matrix, val_loss = evaluate(model, val_batches, info.num_classes, info.ignore_index, runtime, loss_fn)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(f"the validation loss became {val_loss} at epoch {epoch}")
+            val = scores(matrix.numpy(), info.classes)
             row = epoch_record(epoch, lr, stats, val_loss, val)
             history.append(row)
-            images_seen += stats["images"]
+            if best is None or (val["miou"] or 0.0) > (best.val["miou"] or 0.0):
+                weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best = ModelCheckpoint(spec, weights, info, tuple(input_shape), epoch, val)
+            save_state(epoch)  # before logging: a crash in between re-logs on resume instead of losing the epoch
             run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             print(describe(row, params.train.epochs), flush=True)
-            checkpoints.save(
-                model, val["miou"],
-                training_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                "scaler": scaler.state_dict(),
-                                "rng": {"torch": torch.get_rng_state(), "generator": generator.get_state()}},
-                data=asdict(info), params=params.model_dump(), epoch=epoch, val=val, history=history,
-                mlflow_run_id=run.run_id,
-            )
+    except TrainingDiverged as exc:
+        run.finish("FAILED")
+        fixes = [f"lower train.lr (now {params.train.lr:g})"]
+        if params.loss.class_weights is not None:
+            fixes.append(f"check loss.class_weights ({params.loss.class_weights})")
+        if runtime.amp_dtype is not None:
+            fixes.append("set train.amp: false")
+        kept = (f"the last good state (epoch {epoch - 1}) is kept in {RESUME_STATE}" if epoch > 1
+                else "no epoch had completed")
+        raise SegpipeError(f"training diverged: {exc}. Nothing was published; {kept}. To fix: {', or '.join(fixes)}") from None
+    except KeyboardInterrupt:
+        run.finish("KILLED")
+        warn(f"training interrupted during epoch {epoch}; {RESUME_STATE} holds epoch {epoch - 1}, and the next "
+             "`dvc repro` resumes from there")
+        raise
+    except BaseException:
+        run.finish("FAILED")  # never leave the run RUNNING
+        raise
 
-        train_seconds = sum(r["seconds"] for r in history)
-        summary = {
-            "best_val_miou": round(checkpoints.best_miou, 6),
-            "best_epoch": max(history, key=lambda r: r["val_miou"] or 0.0)["epoch"],
-            "epochs": params.train.epochs,
-            "seconds": round(time.perf_counter() - started, 2),
-            "train_images_per_second": round(images_seen / train_seconds, 2) if train_seconds else 0.0,
-            "device": str(runtime.device),
-        }
-        run.log_metrics({"best_val_miou": summary["best_val_miou"], "train_seconds": summary["seconds"]})
-        example = next(val_batches.iterate())[0][:2].float().cpu().contiguous().numpy()
-        run.log_model(model_from_checkpoint(load_checkpoint(BEST_MODEL)), example, params.mlflow.register_model)
-
+    best.save(BEST_MODEL)
+    train_seconds = sum(r["seconds"] for r in history)
+    summary = {
+        "best_val_miou": best.val["miou"],
+        "best_epoch": best.epoch,
+        "epochs": params.train.epochs,
+        "seconds": round(earlier_seconds + time.perf_counter() - started, 2),
+        "train_images_per_second": round(sum(r["images_per_second"] * r["seconds"] for r in history) / train_seconds, 2)
+        if train_seconds else 0.0,
+        "device": str(runtime.device),
+        "resumed": state is not None,
+    }
+    run.log_metrics({"best_val_miou": summary["best_val_miou"], "train_seconds": summary["seconds"]})
+    example = next(val_batches.iterate()).images[:2].float().cpu().contiguous().numpy()
+    run.log_model(best.build_model(), example, params.mlflow.register_model)
     write_json(TRAIN_METRICS, summary)
     with atomic_file(TRAIN_HISTORY) as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-    print_summary("train", **summary, mlflow_run_id=run.run_id)
+    run.link(BEST_MODEL).save(RUN_LINK)
+    run.finish("FINISHED")
+    discard(RESUME_DIR)
+    print_summary("train", **summary, mlflow_run_id=run.run_id, mlflow_run_name=run_name)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""A throwaway copy of the project in a temporary git repository, for end-to-end runs."""
+"""Throwaway copies of the project in temporary git repositories, for end-to-end runs.
+
+Commands run as on a user's machine: no MLflow or DVC settings from the outside,
+and Python writes bytecode (PYTHONDONTWRITEBYTECODE, which these machines set,
+would hide bytecode landing in a DVC dependency)."""
 
 from __future__ import annotations
 
@@ -12,14 +16,19 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 
-NUM_IMAGES, SIZE = 40, 32
+NUM_IMAGES, SIDE = 40, 32
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    clean["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{clean['PATH']}"
-    clean |= {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}  # tests never touch the internet
-    result = subprocess.run(cmd, cwd=cwd, env=clean | (env or {}), capture_output=True, text=True)
+def user_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "DVC_")) and k != "PYTHONDONTWRITEBYTECODE"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env |= {"DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}  # tests never touch the internet
+    return env | (extra or {})
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=user_env(env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -29,20 +38,38 @@ def dvc(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> s
     return run([sys.executable, "-m", "dvc", *args], cwd, check, env)
 
 
+def git_commit(root: Path, message: str) -> None:
+    run(["git", "add", "-A"], root)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", message], root)
+
+
 def tiny_params() -> dict:
     """The project's params shrunk to seconds: 40 images of 32x32, one epoch, a narrow model."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"]["shapes"] |= {"num_images": NUM_IMAGES, "image_size": SIZE}
-    params["preprocess"]["size"] = SIZE
+    params["data"]["shapes"] |= {"num_images": NUM_IMAGES, "image_size": SIDE}
+    params["preprocess"]["resize"] = {"by": "shorter_side", "to": SIDE}
     params["model"]["base_channels"] = 4
     params["train"] |= {"epochs": 1, "batch_size": 8}
     params["report"]["num_examples"] = 2
     return params
 
 
+def set_params(root: Path, **dotted) -> dict:
+    """Change params.yaml like `dvc exp run -S a.b=value` does; returns the new params."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        section = params
+        for part in parents:
+            section = section[part]
+        section[last] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
 def create_project(root: Path, params: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml"):
         shutil.copy(REPO_ROOT / name, root / name)
     for name in ("stages", "src"):
         shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
@@ -51,6 +78,13 @@ def create_project(root: Path, params: dict) -> Path:
     dvc("init", "-q", cwd=root)
     dvc("config", "core.analytics", "false", cwd=root)
     dvc("config", "core.check_update", "false", cwd=root)
-    run(["git", "add", "-A"], root)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init"], root)
+    git_commit(root, "init")
     return root
+
+
+def copy_project(source: Path, target: Path, keep_store: bool = False) -> Path:
+    """A copy of a project: its git history, DVC cache and outputs; its MLflow store only when asked
+    (a store copied along still points at the original's artifacts)."""
+    skip = {"tmp"} | (set() if keep_store else {"mlflow.db", "mlflow.db.lock", "mlruns"})
+    shutil.copytree(source, target, symlinks=True, ignore=lambda folder, names: [n for n in names if n in skip])
+    return target

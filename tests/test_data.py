@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.config import PreprocessParams, ShapesParams, SplitParams
+from segpipe.config import PreprocessParams, ResizeParams, ShapesParams, SplitParams
 from segpipe.data import IGNORE_INDEX
 from segpipe.data.preprocess import assign_splits, preprocess
 from segpipe.data.processed import SPLITS, DatasetInfo, ProcessedSplit
@@ -11,6 +11,11 @@ from segpipe.data.shapes import CLASSES, generate, render_sample
 from segpipe.errors import SegpipeError
 
 SPLIT = SplitParams(seed=0, val_fraction=0.2, test_fraction=0.2)
+
+
+def params(to=8, by="shorter_side", on_bad_sample="error", on_leak="warn", min_side=4) -> PreprocessParams:
+    return PreprocessParams(resize=ResizeParams(by=by, to=to), min_side=min_side, on_bad_sample=on_bad_sample,
+                            on_leak=on_leak, split=SPLIT)
 
 
 def shapes_dataset(tmp_path, n=20, size=32):
@@ -70,16 +75,24 @@ def test_official_splits_are_kept_and_trainval_is_divided():
 
 def test_preprocess_writes_uint8_splits_and_a_summary(tmp_path):
     raw = shapes_dataset(tmp_path, n=20, size=40)
-    summary = preprocess(raw, PreprocessParams(size=24, on_bad_sample="error", split=SPLIT), tmp_path / "processed")
+    summary = preprocess(raw, params(to=24), tmp_path / "processed")
     assert summary["counts"] == {"train": 12, "val": 4, "test": 4}
     train = ProcessedSplit.load(tmp_path / "processed", "train")
-    assert train.images.shape == (12, 24, 24, 3) and train.images.dtype == np.uint8
-    assert train.masks.shape == (12, 24, 24) and set(np.unique(train.masks)) <= set(range(4))
+    images, masks = train.stacked(np.arange(len(train)))
+    assert images.shape == (12, 24, 24, 3) and images.dtype == np.uint8 and train.uniform_shape == (24, 24)
+    assert masks.shape == (12, 24, 24) and set(np.unique(masks)) <= set(range(4))
     assert sum(summary["class_pixels"]["train"].values()) == 12 * 24 * 24
     assert sum(summary["class_frequency"].values()) == pytest.approx(1.0, abs=1e-4)
     info = DatasetInfo.load(tmp_path / "processed")
-    assert info.classes == CLASSES and info.size == 24 and len(info.mean) == 3
-    assert summary["rejected"] == []
+    assert info.classes == CLASSES and info.resize == {"by": "shorter_side", "to": 24} and len(info.mean) == 3
+    # Channel statistics of the training images, streamed, equal a direct computation.
+    pixels = images.reshape(-1, 3) / 255.0
+    assert info.mean == pytest.approx(pixels.mean(axis=0), abs=1e-5) and info.std == pytest.approx(pixels.std(axis=0), abs=1e-5)
+    assert summary["rejected"] == [] and summary["leaks"] == []
+    # The test split keeps its masks at the original resolution for scoring.
+    test = ProcessedSplit.load(tmp_path / "processed", "test")
+    original = np.asarray(Image.open(raw.root / f"masks/{test.ids[0]}.png"))
+    assert test.native_mask(0).shape == (40, 40) and np.array_equal(test.native_mask(0), original)
 
 
 def write_pair(root, name, image, mask):
@@ -105,19 +118,19 @@ def dataset_with_bad_samples(tmp_path):
 def test_bad_samples_stop_preprocess_with_every_file_named(tmp_path):
     raw = dataset_with_bad_samples(tmp_path)
     with pytest.raises(SegpipeError) as error:
-        preprocess(raw, PreprocessParams(size=8, on_bad_sample="error", split=SPLIT), tmp_path / "out")
+        preprocess(raw, params(), tmp_path / "out")
     text = str(error.value)
     assert "3 of 9 samples" in text
     assert "images/mismatch.png is 16x16 but" in text and "masks/mismatch.png is 16x12" in text
     assert "masks/outofrange.png: labels [7] out of range; valid are 0..1 and 255 (ignore)" in text
-    assert "broken: unreadable" in text and "images/broken.png" in text
+    assert "images/broken.png: unreadable" in text
     assert "preprocess.on_bad_sample: skip" in text
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "summary.json").exists()
 
 
 def test_bad_samples_are_skipped_and_listed_when_asked(tmp_path):
     raw = dataset_with_bad_samples(tmp_path)
-    summary = preprocess(raw, PreprocessParams(size=8, on_bad_sample="skip", split=SPLIT), tmp_path / "out")
+    summary = preprocess(raw, params(on_bad_sample="skip"), tmp_path / "out")
     assert sorted(r["id"] for r in summary["rejected"]) == ["broken", "mismatch", "outofrange"]
     assert sum(summary["counts"].values()) == 6
 
@@ -129,8 +142,9 @@ def test_ignore_label_survives_resizing(tmp_path):
     mask[5:10, 2:8] = 1
     pairs = [write_pair(root, f"p{i}", np.full((20, 20, 3), 100, np.uint8), mask) for i in range(5)]
     raw = RawDataset(root=root, dataset="test", classes=["bg", "fg"], pairs=pairs)
-    preprocess(raw, PreprocessParams(size=10, on_bad_sample="error", split=SPLIT), tmp_path / "out")
-    masks = ProcessedSplit.load(tmp_path / "out", "train").masks
+    preprocess(raw, params(to=10), tmp_path / "out")
+    train = ProcessedSplit.load(tmp_path / "out", "train")
+    masks = train.stacked(np.arange(len(train)))[1]
     assert set(np.unique(masks)) == {0, 1, IGNORE_INDEX}
     assert (masks[:, :, 5:] == IGNORE_INDEX).all() and (masks[:, :, :5] != IGNORE_INDEX).all()
 

@@ -1,10 +1,12 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 from torch.nn import functional as F
 
 from segpipe.errors import SegpipeError
-from segpipe.losses import LOSSES, create_loss
-from segpipe.models import MODELS, create_model, model_spec
+from segpipe.losses import LOSSES, create_loss, median_frequency_weights, resolve_class_weights
+from segpipe.models import MODELS, ModelSpec, create_model
 
 IGNORE = 255
 
@@ -14,7 +16,7 @@ IGNORE = 255
 @pytest.mark.parametrize("size", [(32, 32), (30, 44)])
 def test_every_model_maps_images_to_logits_of_the_same_size_and_trains(name, pooling, size):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=3, pooling=pooling, base_channels=4)
+    model = create_model(ModelSpec(name, num_classes=3, pooling=pooling, base_channels=4))
     images = torch.randn(2, 3, *size)
     logits = model(images)
     assert logits.shape == (2, 3, *size)
@@ -26,17 +28,15 @@ def test_every_model_maps_images_to_logits_of_the_same_size_and_trains(name, poo
 
 
 def test_pooling_choice_builds_the_named_layer():
-    assert any(isinstance(m, torch.nn.AvgPool2d) for m in create_model("unet", 2, "avg", 4).modules())
-    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in create_model("unet", 2, "avg", 4).modules())
-    assert any(isinstance(m, torch.nn.MaxPool2d) for m in create_model("fcn", 2, "max", 4).modules())
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in create_model(ModelSpec("unet", 2, "avg", 4)).modules())
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in create_model(ModelSpec("unet", 2, "avg", 4)).modules())
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in create_model(ModelSpec("fcn", 2, "max", 4)).modules())
 
 
-def test_model_spec_rebuilds_the_same_architecture():
-    model = create_model("fcn", 5, "avg", 6)
-    spec = model_spec(model)
-    assert spec == {"name": "fcn", "num_classes": 5, "pooling": "avg", "base_channels": 6, "in_channels": 3}
-    again = create_model(spec["name"], spec["num_classes"], spec["pooling"], spec["base_channels"])
-    again.load_state_dict(model.state_dict())
+def test_a_spec_rebuilds_the_same_architecture():
+    spec = ModelSpec("fcn", 5, "avg", 6)
+    model = create_model(spec)
+    create_model(ModelSpec(**asdict(spec))).load_state_dict(model.state_dict())
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
@@ -92,4 +92,16 @@ def test_class_weights_change_cross_entropy_like_torch():
 
 def test_class_weights_of_the_wrong_length_name_the_key():
     with pytest.raises(SegpipeError, match=r"loss.class_weights has 2 values but the dataset has 3 classes"):
-        create_loss("dice", 3, IGNORE, [1.0, 2.0])
+        resolve_class_weights([1.0, 2.0], 3, {})
+
+
+def test_median_frequency_weights_by_hand():
+    # Three classes. Class pixels in training: 600, 300, 100. Labelled pixels of the images
+    # holding each class: background is in all 10 images of 100 px (1000), the second class
+    # in 5 of them (500), the third in 2 (200). Frequencies: 0.6, 0.6, 0.5; median 0.6.
+    summary = {"classes": ["bg", "a", "b"], "class_pixels": {"train": {"bg": 600, "a": 300, "b": 100}},
+               "train_presence_pixels": {"bg": 1000, "a": 500, "b": 200}}
+    assert resolve_class_weights("median_frequency", 3, summary) == pytest.approx([1.0, 1.0, 1.2])
+    # An even number of classes takes the mean of the middle two.
+    assert median_frequency_weights([10, 20, 30, 40], [100, 100, 100, 100]) == pytest.approx([2.5, 1.25, 0.25 / 0.3, 0.625])
+    assert resolve_class_weights(None, 3, summary) is None and resolve_class_weights([1, 2, 3], 3, summary) == [1, 2, 3]

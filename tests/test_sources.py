@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segpipe.config import parse_params
 from segpipe.data import IGNORE_INDEX, oxford_pet, voc2012
 from segpipe.data.download import Archive
-from segpipe.data.preprocess import preprocess
+from segpipe.config import ResizeParams, SegpipeConfigError, parse_params
+from segpipe.data.preprocess import load_sample, preprocess
+from segpipe.data.resolution import Resize
 from segpipe.data.processed import ProcessedSplit
 from segpipe.data.raw import RawDataset
 from segpipe.data.sources import import_dataset
@@ -48,6 +49,11 @@ def serve(server, monkeypatch, module, archives: dict[str, bytes]):
     server.files.update(archives)
     patched = [Archive(a.filename, a.url, "md5:" + hashlib.md5(archives[a.filename]).hexdigest()) for a in module.ARCHIVES]
     monkeypatch.setattr(module, "ARCHIVES", patched)
+
+
+def tiny(params):
+    """Preprocess settings for the 4x4 images these tests write."""
+    return params.preprocess.model_copy(update={"resize": ResizeParams(by="shorter_side", to=4), "min_side": 2})
 
 
 def params_for(raw_params, dataset, mirror, **section):
@@ -99,7 +105,7 @@ def test_oxford_pet_keeps_the_official_test_list_and_carves_validation_from_trai
     serve(archive_server, monkeypatch, oxford_pet, oxford_archives())
     params = params_for(raw_params, "oxford_pet", archive_server.url)
     raw = import_dataset(params, tmp_path / "raw", tmp_path / "cache")
-    summary = preprocess(raw, params.preprocess.model_copy(update={"size": 4}), tmp_path / "processed")
+    summary = preprocess(raw, tiny(params), tmp_path / "processed")
     assert ProcessedSplit.load(tmp_path / "processed", "test").ids == sorted(OXFORD_TEST)
     assert summary["counts"] == {"train": 4, "val": 1, "test": 2}
     assert summary["class_pixels"]["test"] == {"background": 2 * 12, "pet": 2 * 1}
@@ -141,10 +147,13 @@ def test_voc2012_imports_palette_masks_with_the_official_lists(archive_server, m
     assert not (tmp_path / "raw" / base / "JPEGImages" / f"{detection_only}.jpg").exists()
     assert not (tmp_path / "raw" / base / "Annotations").exists()
 
-    summary = preprocess(raw, params.preprocess.model_copy(update={"size": 4}), tmp_path / "processed")
-    masks = ProcessedSplit.load(tmp_path / "processed", "test").masks
-    assert np.array_equal(masks[0], mask)  # palette indices are the classes; 255 stays ignore
-    assert summary["class_pixels"]["test"]["person"] == 4 and summary["class_pixels"]["test"]["dog"] == 4
+    test_pair = next(p for p in raw.pairs if p.split == "test")
+    sample = load_sample(raw, test_pair, Resize("shorter_side", 4), min_side=1, keep_native=True)
+    assert np.array_equal(sample.mask, mask) and np.array_equal(sample.native_mask, mask)  # palette indices are the classes
+    # Classes that no training mask shows stop preprocess, named with the likely cause.
+    with pytest.raises(SegpipeError, match=r"class 'aeroplane' \(index 1\), 'bicycle' \(index 2\).* has no pixels at all in "
+                                           r"the training split"):
+        preprocess(raw, tiny(params), tmp_path / "processed")
 
 
 # --- your own folder -----------------------------------------------------------------
@@ -223,19 +232,20 @@ def test_folder_with_colour_masks_ignore_colour_and_split_lists(raw_params, tmp_
 def test_folder_errors_name_the_problem(raw_params, tmp_path):
     write_folder(tmp_path, lossy=False)
     (tmp_path / "images" / "extra.png").write_bytes((tmp_path / "images" / "img0.jpg").read_bytes())
-    with pytest.raises(SegpipeError, match=r"no mask in .*masks for images extra; add the masks"):
-        import_dataset(folder_params(raw_params, tmp_path), tmp_path / "raw", tmp_path / "cache")
+    raw = import_dataset(folder_params(raw_params, tmp_path, values=[0, 255]), tmp_path / "raw", tmp_path / "cache")
+    assert [(p.id, p.reason.split(": ", 1)[1]) for p in raw.problems] == [("extra", f"no mask with this stem in {tmp_path / 'masks'}")]
     (tmp_path / "images" / "extra.png").unlink()
-    with pytest.raises(SegpipeError, match=r"img0.png: mask values \[\[255\]\] match no class in data.folder.values"):
-        import_dataset(folder_params(raw_params, tmp_path, values=[0, 1]), tmp_path / "raw", tmp_path / "cache")
+    raw = import_dataset(folder_params(raw_params, tmp_path, values=[0, 1]), tmp_path / "raw2", tmp_path / "cache")
+    assert raw.pairs == [] and len(raw.problems) == 4
+    assert "img0.png: mask values [255] match no class in data.folder.values" in raw.problems[0].reason
     with pytest.raises(SegpipeError, match=r"data.folder.images: .*nowhere is not a folder"):
         import_dataset(folder_params(raw_params, tmp_path, images=str(tmp_path / "nowhere")), tmp_path / "raw", tmp_path / "cache")
 
 
 def test_folder_params_are_checked_before_any_work(raw_params):
     raw_params["data"]["dataset"] = "folder"
-    with pytest.raises(SegpipeError, match=r"set data.folder.images and data.folder.masks"):
+    with pytest.raises(SegpipeConfigError, match=r"set data.folder.images and data.folder.masks"):
         parse_params(raw_params)
     raw_params["data"]["folder"] |= {"images": "x", "masks": "y", "classes": ["a", "b", "c"], "threshold": 128}
-    with pytest.raises(SegpipeError, match=r"data.folder: threshold splits greyscale masks into two classes"):
+    with pytest.raises(SegpipeConfigError, match=r"data.folder: threshold splits greyscale masks into two classes"):
         parse_params(raw_params)

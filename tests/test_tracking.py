@@ -4,11 +4,14 @@ loopback port, an unreachable server, and many processes writing at once."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,8 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from segpipe.compare import against_baseline, leaderboard, write_table
 from segpipe.errors import SegpipeError
-from segpipe.models import create_model
-from segpipe.tracking import TrainingRun, log_to_run, prepare_store, tracking_uri
+from segpipe.models import ModelSpec, create_model
+from segpipe.tracking import ResultsRun, RunLink, TrainingRun, file_sha256, new_run_name, prepare_store, tracking_uri
 
 
 def free_port() -> int:
@@ -70,25 +73,40 @@ def test_the_default_store_is_the_projects_sqlite_file_even_in_a_dvc_temp_copy(i
     assert tracking_uri() == "http://127.0.0.1:1"
 
 
+def save_model(folder: Path) -> Path:
+    from segpipe.checkpoint import ModelCheckpoint
+    from segpipe.data.processed import DatasetInfo
+
+    spec = ModelSpec("cnn", 3, "max", 4)
+    info = DatasetInfo("shapes", ["a", "b", "c"], 255, {"by": "shorter_side", "to": 16}, [0.5] * 3, [0.2] * 3)
+    ModelCheckpoint(spec, create_model(spec).state_dict(), info, (16, 16), 1, {}).save(folder / "model.pt")
+    return folder / "model.pt"
+
+
 def test_a_run_on_a_real_tracking_server_reads_back_through_the_client(in_tmp, monkeypatch, mlflow_server):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     data = in_tmp / "data/processed"
     data.mkdir(parents=True)
-    model = create_model("cnn", 3, "max", 4)
-    with TrainingRun("server-test", {"train.lr": 0.01, "model.name": "cnn"}, {"git_commit": "abc", "git_dirty": "false"},
-                     required=True) as run:
-        run.log_dataset("shapes", data, "0123456789abcdef0123456789abcdef.dir")
-        for epoch in (1, 2):
-            run.log_metrics({"train_loss": 1.0 / epoch, "val_miou": None}, step=epoch)
-        run.log_model(model, np.zeros((2, 3, 16, 16), np.float32), registered_name="segpipe-test")
+    model = create_model(ModelSpec("cnn", 3, "max", 4))
+    run = TrainingRun("server-test", {"train.lr": 0.01, "model.name": "cnn"}, {"git_commit": "abc", "git_dirty": "false"},
+                      required=True, run_name="first-run")
+    run.log_dataset("shapes", data, "0123456789abcdef0123456789abcdef.dir")
+    for epoch in (1, 2):
+        run.log_metrics({"train_loss": 1.0 / epoch, "val_miou": None}, step=epoch)
+    run.log_model(model, np.zeros((2, 3, 16, 16), np.float32), registered_name="segpipe-test")
+    link = run.link(save_model(in_tmp))
+    link.save(in_tmp / "mlflow_run.json")
+    run.finish()
     (in_tmp / "eval.json").write_text("{}")
-    log_to_run(run.run_id, True, metrics={"test_miou": 0.75}, artifacts={"metrics": [in_tmp / "eval.json"]})
+    ResultsRun(in_tmp / "model.pt", in_tmp / "mlflow_run.json", "server-test", True, {}, {}).log(
+        metrics={"test_miou": 0.75}, artifacts={"metrics": [in_tmp / "eval.json"]})
 
     client = MlflowClient(tracking_uri=mlflow_server)
     got = client.get_run(run.run_id)
-    assert got.info.status == "FINISHED"
+    assert got.info.status == "FINISHED" and got.info.run_name == "first-run"
     assert got.data.params == {"train.lr": "0.01", "model.name": "cnn"}
     assert got.data.tags["git_commit"] == "abc" and got.data.tags["git_dirty"] == "false"
+    assert got.data.tags["model_sha256"] == link.model_sha256 == file_sha256(in_tmp / "model.pt")
     assert got.data.metrics["test_miou"] == 0.75
     assert [m.value for m in client.get_metric_history(run.run_id, "train_loss")] == [1.0, 0.5]
     assert [a.path for a in client.list_artifacts(run.run_id, "metrics")] == ["metrics/eval.json"]
@@ -103,30 +121,155 @@ def test_a_run_on_a_real_tracking_server_reads_back_through_the_client(in_tmp, m
     assert list(model_info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == [3, 16, 16]
 
 
+def test_results_of_a_model_whose_run_is_not_in_this_store_go_to_a_new_run_that_names_it(in_tmp):
+    # A teammate pulled the model and its link, but their store has never seen the run.
+    model = save_model(in_tmp)
+    RunLink("0123456789abcdef0123456789abcdef", "colleagues-run", "segpipe", file_sha256(model)).save(in_tmp / "link.json")
+    ResultsRun(model, in_tmp / "link.json", "segpipe", True, {"evaluate.batch_size": 8}, {"git_commit": "abc"}).log(
+        metrics={"test_miou": 0.5})
+    # report, later, finds the same new run by the model's hash instead of making another.
+    ResultsRun(model, in_tmp / "link.json", "segpipe", True, {}, {}).log(metrics={"test_f1": 0.6})
+
+    client = MlflowClient(tracking_uri=tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name("segpipe").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["segpipe_results_of"] == "0123456789abcdef0123456789abcdef"
+    assert run.data.tags["segpipe_results_of_name"] == "colleagues-run" and run.info.run_name.startswith("colleagues-run-results-")
+    assert run.data.metrics == {"test_miou": 0.5, "test_f1": 0.6} and run.data.params == {"evaluate.batch_size": "8"}
+    assert run.info.status == "FINISHED"
+
+
+def test_two_runs_have_different_names_even_after_seeding_every_rng(in_tmp, monkeypatch):
+    import random
+
+    from segpipe.engine import seed_everything
+
+    names = []
+    for _ in range(2):
+        random.seed(0)
+        seed_everything(0)
+        names.append(new_run_name("unet", "shapes"))
+    assert names[0] != names[1] and names[0].startswith("unet-shapes-")
+    monkeypatch.setenv("DVC_EXP_NAME", "lofty-gaps")
+    assert new_run_name("unet", "shapes") == "lofty-gaps"
+
+
+def test_a_copied_project_does_not_write_into_the_original(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    original = tmp_path / "original"
+    original.mkdir()
+    monkeypatch.chdir(original)
+    TrainingRun("segpipe", {}, {}, True, "first").finish()
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    monkeypatch.chdir(copy)
+    with pytest.raises(SegpipeError, match=r"copy/mlflow.db belongs to another folder: its experiment 'segpipe' keeps "
+                                           r"artifacts in .*original/mlruns, outside this project .*mv mlflow.db"):
+        TrainingRun("segpipe", {}, {}, True, "second")
+    assert len(list((original / "mlruns").glob("*/*"))) <= 1  # nothing new in the original's artifacts
+
+
+READ_ONLY = """
+import sys
+from segpipe.errors import SegpipeError
+from segpipe.tracking import TrainingRun
+run = TrainingRun("segpipe", {"a": 1}, {}, False, "second")
+run.log_metrics({"loss": 1.0}, step=1)
+run.finish()
+assert not run.active
+try:
+    TrainingRun("segpipe", {"a": 1}, {}, True, "third")
+except SegpipeError as exc:
+    print(exc)
+"""
+
+
+@contextmanager
+def read_only(path: Path):
+    """The file made read-only, also for root (who writes through permission bits): immutable."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        yield
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root where chattr +i is not permitted, so no file is read-only to this process")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_a_read_only_store_is_a_warning_when_tracking_is_not_required(tmp_path):
+    # Separate processes: a connection opened before the file became read-only could still write.
+    create = "from segpipe.tracking import TrainingRun; TrainingRun('segpipe', {}, {}, True, 'first').finish()"
+    assert subprocess.run([sys.executable, "-c", create], cwd=tmp_path, env=clean_env()).returncode == 0
+    with read_only(tmp_path / "mlflow.db"):
+        result = subprocess.run([sys.executable, "-c", READ_ONLY], cwd=tmp_path, capture_output=True, text=True,
+                                env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "going on without tracking (mlflow.required is false)" in result.stderr and "Traceback" not in result.stderr
+    assert "readonly database" in result.stdout and "set mlflow.required: false" in result.stdout
+
+
+def clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))} | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def _corrupt_table(database: Path, table: str) -> None:
+    """Overwrite the root page of one table with garbage, as a failing disk would."""
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()[0]
+    with open(database, "r+b") as handle:
+        handle.seek((root - 1) * page_size)
+        handle.write(b"\xff" * page_size)
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_a_store_whose_metrics_are_corrupt_never_leaves_the_run_running(in_tmp, capsys, required):
+    run = TrainingRun("segpipe", {}, {}, required, "corrupt")
+    _corrupt_table(in_tmp / "mlflow.db", "metrics")
+    if required:
+        with pytest.raises(SegpipeError, match=r"MLflow: logging metrics failed at sqlite.*malformed"):
+            run.log_metrics({"loss": 1.0}, step=1)
+    else:
+        run.log_metrics({"loss": 1.0}, step=1)
+        run.log_metrics({"loss": 0.5}, step=2)  # nothing more is tried, and nothing fails
+        assert "going on without tracking" in capsys.readouterr().err
+    client = MlflowClient(tracking_uri=tracking_uri())
+    assert client.get_run(run.run_id).info.status == "FAILED"
+
+
 def test_an_unreachable_server_fails_before_training_when_required(in_tmp, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(SegpipeError, match=r"tracking server at http://127.0.0.1:\d+ is unreachable .*mlflow.required: false"):
-        TrainingRun("x", {}, {}, required=True)
+        TrainingRun("x", {}, {}, True, "x")
 
 
 def test_an_unreachable_server_is_a_warning_when_not_required(in_tmp, monkeypatch, capsys):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
-    with TrainingRun("x", {"a": 1}, {}, required=False) as run:
-        run.log_metrics({"train_loss": 1.0}, step=1)
-        run.log_dataset("shapes", in_tmp, None)
+    run = TrainingRun("x", {"a": 1}, {}, False, "x")
+    run.log_metrics({"train_loss": 1.0}, step=1)
+    run.log_dataset("shapes", in_tmp, None)
+    run.finish()
     assert run.run_id is None
-    log_to_run(run.run_id, False, metrics={"test_miou": 0.5})
+    model = save_model(in_tmp)
+    ResultsRun(model, in_tmp / "absent.json", "x", False, {}, {}).log(metrics={"test_miou": 0.5})
     err = capsys.readouterr().err
-    assert "training without MLflow tracking (mlflow.required is false)" in err
-    assert "trained without MLflow tracking; results are in metrics/" in err
+    assert "is unreachable" in err and err.count("going on without tracking (mlflow.required is false)") == 2
 
 
 WRITER = """
 import sys
 from segpipe.tracking import TrainingRun
-with TrainingRun("parallel", {"worker": sys.argv[1]}, {}, required=True) as run:
-    for step in range(15):
-        run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+run = TrainingRun("parallel", {"worker": sys.argv[1]}, {}, True, f"writer-{sys.argv[1]}")
+for step in range(15):
+    run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+run.finish()
 """
 
 

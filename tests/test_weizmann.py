@@ -39,6 +39,7 @@ def test_weizmann_horses_need_the_resize_option_then_run_end_to_end(tmp_path):
         "images": str(horses / "images"), "masks": str(horses / "masks"),
         "classes": ["background", "horse"], "threshold": 128,
     }
+    params["train"]["crop"] = [32, 32]  # the photos keep their aspect ratio at the working resolution
     project = create_project(tmp_path / "project", params)
 
     # The rgb photos are at another resolution than their masks: refused until resize is chosen.
@@ -55,7 +56,7 @@ def test_weizmann_horses_need_the_resize_option_then_run_end_to_end(tmp_path):
     summary = json.loads((project / "data/processed/summary.json").read_text())
     assert sum(summary["counts"].values()) == SUBSET
     # Thresholding removed the JPEG noise: only the two classes remain, horses a minority.
-    assert 0.05 < summary["class_frequency"]["horse"] < 0.6
+    assert 0.05 < summary["class_frequency"]["horse"] < 0.6 and summary["rejected"] == []
     evaluation = json.loads((project / "metrics/eval.json").read_text())
     assert set(evaluation["per_class"]) == {"background", "horse"}
     assert 0.0 <= evaluation["miou"] <= 1.0

@@ -1,19 +1,50 @@
 """Write outputs so that a failure never leaves a half-written file or folder behind:
-everything is written beside its target first and moved into place at the end."""
+everything is written beside its target first and moved into place at the end.
+
+A process killed outright (SIGKILL, power loss) cannot clean up after itself, so
+its staging paths carry its process id, and the next write to the same target
+removes those of processes that no longer exist."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-# mkstemp/mkdtemp create private (0600/0700) paths; outputs get the usual permissions.
+# Staging paths are created private (0600/0700) by default; outputs get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _staging_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove staging paths of `target` left by processes that died; return them."""
+    removed = []
+    if not target.parent.is_dir():
+        return removed
+    for path in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = path.name.removeprefix(f".{target.name}.tmp-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 @contextmanager
@@ -21,15 +52,16 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty sibling folder; on success it replaces `target` whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o777 & ~_UMASK)
+    remove_leftovers(target)
+    staging = _staging_path(target)
+    staging.mkdir(mode=0o777 & ~_UMASK)
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = _staging_path(target)
         target.rename(old)
         staging.rename(target)
         shutil.rmtree(old, ignore_errors=True)
@@ -41,14 +73,15 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)
+    remove_leftovers(target)
+    tmp = _staging_path(target)
     try:
-        with os.fdopen(fd, mode) as handle:
+        with open(tmp, mode) as handle:
             yield handle
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -1,61 +1,131 @@
-"""Checkpoints that carry everything needed to predict with, or resume, a model:
-architecture, weights, the data contract (classes, size, normalisation), params,
-and for the last checkpoint the optimizer, schedule and random states."""
+"""Typed checkpoints, with one loader that evaluate, report, predict and export share.
+
+ModelCheckpoint (models/model.pt, a DVC output) holds results only: the
+architecture, the weights and the data contract a prediction needs (classes,
+ignore label, working resolution, normalisation). Nothing machine-local, so the
+same training gives the same bytes, and a teammate who pulls it can use it with
+their own MLflow store (the link to the run lives beside it: see tracking.py).
+
+ResumeState (models/resume/state.pt, not a DVC output) holds everything a
+crashed or interrupted training needs to go on from its last completed epoch.
+"""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from segpipe.atomic import atomic_file
+from segpipe.data.processed import DatasetInfo
 from segpipe.errors import SegpipeError
-from segpipe.models import create_model, model_spec
+from segpipe.models import MODELS, ModelSpec, create_model
 from segpipe.models.blocks import SegmentationModel
 
-FORMAT = 1
+MODEL_FORMAT = 2
+RESUME_FORMAT = 1
 
 
-def save_checkpoint(path: Path, model: SegmentationModel, **contents: Any) -> None:
-    state = {"format": FORMAT, "model": {"spec": model_spec(model), "state": model.state_dict()}, **contents}
-    with atomic_file(path, "wb") as handle:
-        torch.save(state, handle)
+@dataclass(frozen=True)
+class ModelCheckpoint:
+    spec: ModelSpec
+    state: dict[str, torch.Tensor]
+    data: DatasetInfo
+    # The (height, width) the model was trained on: the crop, or the stored image shape.
+    input_shape: tuple[int, int]
+    epoch: int
+    val: dict
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": MODEL_FORMAT, "spec": asdict(self.spec), "state": self.state, "data": asdict(self.data),
+                "input_shape": list(self.input_shape), "epoch": self.epoch, "val": self.val}
+
+    def save(self, path: Path) -> None:
+        with atomic_file(path, "wb") as handle:
+            torch.save(self.to_dict(), handle)
+
+    def build_model(self, device: torch.device | str = "cpu", source: Path | str = "the checkpoint") -> SegmentationModel:
+        """The model with its weights, in eval mode on `device`."""
+        if self.spec.name not in MODELS:
+            raise SegpipeError(f"{source} holds a model {self.spec.name!r} that this version of segpipe does not know "
+                               f"(known: {', '.join(sorted(MODELS))}); retrain it (dvc repro train)")
+        model = create_model(self.spec)
+        try:
+            model.load_state_dict(self.state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0:2]
+            raise SegpipeError(f"{source}: its weights do not fit a {self.spec.name} with {self.spec.num_classes} classes "
+                               f"({' '.join(first)[:300]}); the file was changed or comes from another version: retrain it "
+                               "(dvc repro train)") from None
+        return model.to(device).eval()
+
+    def check_data(self, info: DatasetInfo, source: Path | str) -> None:
+        """The model must have been trained on the classes it is scored on."""
+        if list(self.data.classes) != list(info.classes):
+            raise SegpipeError(
+                f"{source} was trained on classes {self.data.classes} ({len(self.data.classes)}), but data/processed holds "
+                f"{info.classes} ({len(info.classes)}): retrain it on this data (dvc repro train), or restore the model "
+                "that belongs to it (dvc checkout / dvc pull)")
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: Path | str) -> "ModelCheckpoint":
+        if raw.get("format") != MODEL_FORMAT:
+            raise SegpipeError(f"{source} has checkpoint format {raw.get('format')}, expected {MODEL_FORMAT}; retrain it "
+                               "(dvc repro train)")
+        try:
+            return cls(spec=ModelSpec(**raw["spec"]), state=raw["state"], data=DatasetInfo(**raw["data"]),
+                       input_shape=tuple(raw["input_shape"]), epoch=int(raw["epoch"]), val=raw["val"])
+        except (KeyError, TypeError) as exc:
+            raise SegpipeError(f"{source} is not a complete segpipe model checkpoint ({exc}); retrain it") from None
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    path = Path(path)
+def _load(path: Path, what: str, device: torch.device | str = "cpu") -> dict:
     if not path.exists():
         raise SegpipeError(f"{path} not found; run the train stage first (dvc repro train)")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise SegpipeError(f"{path} is not a readable segpipe checkpoint: {exc}") from None
-    if checkpoint.get("format") != FORMAT:
-        raise SegpipeError(f"{path} has checkpoint format {checkpoint.get('format')}, expected {FORMAT}; retrain it")
-    return checkpoint
+        raw = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign or truncated file
+        raise SegpipeError(f"{path} is not a readable segpipe {what}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(raw, dict):
+        raise SegpipeError(f"{path} is not a segpipe {what}")
+    return raw
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], device: torch.device | str = "cpu") -> SegmentationModel:
-    spec = checkpoint["model"]["spec"]
-    model = create_model(spec["name"], spec["num_classes"], spec["pooling"], spec["base_channels"], spec["in_channels"])
-    model.load_state_dict(checkpoint["model"]["state"])
-    return model.to(device).eval()
+def load_model_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> ModelCheckpoint:
+    path = Path(path)
+    return ModelCheckpoint.from_dict(_load(path, "checkpoint", device), path)
 
 
-class Checkpointer:
-    """Keeps the best epoch by validation mIoU (weights and data contract) and the
-    latest epoch with everything a resume needs (optimizer, schedule, scaler, RNG)."""
+@dataclass
+class ResumeState:
+    """Everything needed to go on after the last completed epoch."""
 
-    def __init__(self, best_path: Path, last_path: Path):
-        self.best_path, self.last_path = best_path, last_path
-        self.best_miou = -1.0
+    fingerprint: str         # of the inputs: a resume only continues the same training
+    epoch: int               # the last completed epoch
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    rng: dict                # {"torch": ByteTensor, "generator": ByteTensor}
+    history: list[dict]
+    best: ModelCheckpoint | None
+    mlflow_run_id: str | None
+    mlflow_run_name: str
+    started: float           # wall-clock seconds spent in earlier attempts
+    extra: dict = field(default_factory=dict)
 
-    def save(self, model: SegmentationModel, val_miou: float | None, training_state: dict[str, Any], **contents: Any) -> bool:
-        """Write last (always) and best (when val_miou improved); True if it improved."""
-        improved = (val_miou or 0.0) > self.best_miou
-        if improved:
-            self.best_miou = val_miou or 0.0
-            save_checkpoint(self.best_path, model, **contents)
-        save_checkpoint(self.last_path, model, **contents, best_miou=self.best_miou, **training_state)
-        return improved
+    def save(self, path: Path) -> None:
+        payload = {**{k: v for k, v in self.__dict__.items() if k != "best"}, "format": RESUME_FORMAT,
+                   "best": self.best.to_dict() if self.best else None}
+        with atomic_file(path, "wb") as handle:
+            torch.save(payload, handle)
+
+    @classmethod
+    def load(cls, path: Path) -> "ResumeState":
+        raw = _load(path, "resume state")
+        if raw.pop("format", None) != RESUME_FORMAT:
+            raise SegpipeError(f"{path} is a resume state of another version; delete it to train from the start")
+        best = raw.pop("best")
+        return cls(**raw, best=ModelCheckpoint.from_dict(best, path) if best else None)

@@ -10,42 +10,41 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from segpipe.compare import DEFAULT_METRICS, DEFAULT_PARAMS
+from segpipe.config import SegpipeConfigError
 from segpipe.errors import SegpipeError
 
 
 def predict_files(model_path: Path, images: list[Path], out_dir: Path, device: str) -> list[Path]:
     """Write <stem>_mask.png (class indices, palette PNG) and <stem>_overlay.png for each image.
 
-    Images of any size are resized to the model's training size and the
-    predicted logits are resized back, so the mask matches the input exactly."""
+    Each image is brought to the working resolution the model was trained at
+    (the same rule as preprocess), and the predicted logits are resized back, so
+    the mask matches the input exactly."""
     import torch
     from torch.nn import functional as F
 
-    from segpipe.checkpoint import load_checkpoint, model_from_checkpoint
+    from segpipe.checkpoint import load_model_checkpoint
     from segpipe.data.augment import to_float_images
-    from segpipe.data.processed import DatasetInfo
+    from segpipe.data.images import read_rgb, resize_rgb
+    from segpipe.data.resolution import Resize
     from segpipe.device import runtime_for
     from segpipe.engine import predict_logits
     from segpipe.overlay import PALETTE, overlay
 
-    checkpoint = load_checkpoint(model_path)
-    info = DatasetInfo(**checkpoint["data"])
+    checkpoint = load_model_checkpoint(model_path)
+    resize = Resize(**checkpoint.data.resize)
     runtime = runtime_for(device, amp=True, channels_last=True)
-    model = model_from_checkpoint(checkpoint, runtime.device)
+    model = checkpoint.build_model(runtime.device, model_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in images:
-        try:
-            with Image.open(path) as img:
-                original = np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise SegpipeError(f"{path}: cannot read image ({exc}); pass PNG, JPEG, TIFF or BMP files") from None
-        resized = np.asarray(Image.fromarray(original).resize((info.size, info.size), Image.BILINEAR))
-        batch = to_float_images(torch.from_numpy(resized.copy())[None].to(runtime.device), info.mean, info.std)
+        original = read_rgb(path)
+        working = resize_rgb(original, *resize.shape_for(*original.shape[:2]))
+        batch = to_float_images(torch.from_numpy(working.copy())[None].to(runtime.device), checkpoint.data.mean,
+                                checkpoint.data.std)
         logits = predict_logits(model, batch, runtime)
         logits = F.interpolate(logits, size=original.shape[:2], mode="bilinear", align_corners=False)
         mask = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(path)
         elif args.command == "compare":
             compare_runs(args)
-    except SegpipeError as exc:
+    except (SegpipeError, SegpipeConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -6,53 +6,108 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from segpipe.config import AugmentParams
 from segpipe.data.augment import augment_batch, to_float_images
-from segpipe.data.processed import DatasetInfo, ProcessedSplit
+from segpipe.data.processed import ProcessedSplit
 from segpipe.device import Runtime
-from segpipe.metrics import ConfusionMatrix
+from segpipe.errors import SegpipeError
+from segpipe.metrics import ConfusionMatrix, confusion_matrix
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (N, 3, H, W) float, normalised
+    masks: torch.Tensor   # (N, H, W) int64
+    index: np.ndarray     # the split's rows
 
 
 @dataclass
 class Batches:
-    """Batches of a memory-mapped split, moved to the device and normalised there."""
+    """Batches of a memory-mapped split, moved to the device and normalised there.
+
+    Training (a generator given) shuffles, and takes a random `crop` of every
+    image when set, padding images smaller than the crop with ignored pixels.
+    Evaluation keeps whole images and batches only images of one shape."""
 
     split: ProcessedSplit
     batch_size: int
     runtime: Runtime
     mean: torch.Tensor
     std: torch.Tensor
+    crop: tuple[int, int] | None = None
+    ignore_index: int = 255
 
     def __post_init__(self):
         self.mean = torch.as_tensor(self.mean, dtype=torch.float32, device=self.runtime.device)
         self.std = torch.as_tensor(self.std, dtype=torch.float32, device=self.runtime.device)
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return sum(-(-len(rows) // self.batch_size) for rows in self._groups())
 
-    def iterate(self, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _groups(self) -> list[np.ndarray]:
+        """Rows of one shape each (all rows when the split is uniform)."""
+        if self.split.uniform_shape is not None or not len(self.split):
+            return [np.arange(len(self.split))]
+        shapes = [tuple(s) for s in self.split.shapes.tolist()]
+        order = sorted(range(len(shapes)), key=lambda i: (shapes[i], i))
+        groups: dict[tuple, list[int]] = {}
+        for i in order:
+            groups.setdefault(shapes[i], []).append(i)
+        return [np.array(rows) for rows in groups.values()]
+
+    def _to_device(self, images: np.ndarray, masks: np.ndarray, index: np.ndarray) -> Batch:
+        images_t, masks_t = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.ascontiguousarray(masks))
+        if self.runtime.device.type == "cuda":
+            images_t, masks_t = images_t.pin_memory(), masks_t.pin_memory()
+        images_t = images_t.to(self.runtime.device, non_blocking=True)
+        masks_t = masks_t.to(self.runtime.device, non_blocking=True).long()
+        return Batch(to_float_images(images_t, self.mean, self.std), masks_t, index)
+
+    def _crops(self, index: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        ch, cw = self.crop
+        u = torch.rand(len(index), 2, generator=generator).numpy()
+        images = np.zeros((len(index), ch, cw, 3), np.uint8)
+        masks = np.full((len(index), ch, cw), self.ignore_index, np.uint8)
+        for k, i in enumerate(index):
+            h, w = self.split.shapes[i]
+            y, x = int(u[k, 0] * max(h - ch + 1, 1)), int(u[k, 1] * max(w - cw + 1, 1))
+            image, mask = self.split.image(i)[y : y + ch, x : x + cw], self.split.mask(i)[y : y + ch, x : x + cw]
+            images[k, : image.shape[0], : image.shape[1]] = image
+            masks[k, : mask.shape[0], : mask.shape[1]] = mask
+        return images, masks
+
+    def check_trainable(self) -> None:
+        """Training batches need one shape: whole images of one shape, or crops."""
+        if self.crop is None and self.split.uniform_shape is None:
+            shapes = sorted({f"{h}x{w}" for h, w in self.split.shapes.tolist()})
+            raise SegpipeError(f"the {self.split.name} images differ in shape at the working resolution ({', '.join(shapes[:3])}"
+                               f"{', ...' if len(shapes) > 3 else ''}): set train.crop: [height, width] to train on random "
+                               "crops, or preprocess.resize.by: exact for one shape")
+
+    def iterate(self, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Shuffled when given a generator; a trailing batch of one is dropped while
         shuffling (training), since batch norm cannot train on a single sample."""
         n = len(self.split)
-        order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
-        pin = self.runtime.device.type == "cuda"
+        if generator is None:
+            for rows in self._groups():
+                for start in range(0, len(rows), self.batch_size):
+                    index = rows[start : start + self.batch_size]
+                    yield self._to_device(*self.split.stacked(index), index)
+            return
+        self.check_trainable()
+        order = torch.randperm(n, generator=generator).numpy()
         for start in range(0, n, self.batch_size):
             index = np.sort(order[start : start + self.batch_size])
-            if generator is not None and len(index) == 1 and n > 1:
+            if len(index) == 1 and n > 1:
                 continue
-            images = torch.from_numpy(np.ascontiguousarray(self.split.images[index]))
-            masks = torch.from_numpy(np.ascontiguousarray(self.split.masks[index]))
-            if pin:
-                images, masks = images.pin_memory(), masks.pin_memory()
-            images = images.to(self.runtime.device, non_blocking=True)
-            masks = masks.to(self.runtime.device, non_blocking=True).long()
-            yield to_float_images(images, self.mean, self.std), masks
+            arrays = self._crops(index, generator) if self.crop is not None else self.split.stacked(index)
+            yield self._to_device(*arrays, index)
 
 
 def _progress(iterable, total: int, description: str):
@@ -68,6 +123,10 @@ def _prepare(images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if runtime.channels_last else images
 
 
+class TrainingDiverged(SegpipeError):
+    """The loss stopped being a finite number."""
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Batches,
@@ -79,15 +138,23 @@ def train_one_epoch(
     augment: AugmentParams,
     ignore_index: int,
     generator: torch.Generator,
+    epoch: int = 1,
     description: str = "train",
 ) -> dict:
+    """One pass over the training split. A loss that is not finite raises
+    TrainingDiverged naming the epoch and step; the check stays on the device
+    (no per-step synchronisation) and is read once, at the end of the epoch."""
     model.train()
-    total_loss, images_seen, start = 0.0, 0, time.perf_counter()
-    for images, masks in _progress(batches.iterate(generator), len(batches), description):
+    total_loss, images_seen, start = torch.zeros((), device=runtime.device), 0, time.perf_counter()
+    first_bad_step = torch.full((), -1, dtype=torch.int64, device=runtime.device)
+    step = 0
+    for step, (images, masks, _) in enumerate(_progress(batches.iterate(generator), len(batches), description), start=1):
         images, masks = augment_batch(images, masks, augment, ignore_index, generator)
         with runtime.autocast:
             logits = model(_prepare(images, runtime))
             loss = loss_fn(logits, masks)
+        bad = ~torch.isfinite(loss.detach())
+        first_bad_step = torch.where(bad & (first_bad_step < 0), torch.full_like(first_bad_step, step), first_bad_step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -98,6 +165,12 @@ def train_one_epoch(
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    bad_step = int(first_bad_step)
+    if bad_step >= 0:
+        raise TrainingDiverged(f"the loss became nan or infinite at epoch {epoch}, step {bad_step} of {step}")
+    state = [t for t in model.state_dict().values() if t.is_floating_point()]  # weights and batch-norm statistics
+    if not all(torch.isfinite(t).all() for t in state):
+        raise TrainingDiverged(f"the model's weights became nan or infinite during epoch {epoch}")
     return {
         "loss": float(total_loss) / max(images_seen, 1),
         "images": images_seen,
@@ -113,21 +186,25 @@ def predict_logits(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> 
 
 
 @torch.inference_mode()
-def predict_masks(model: nn.Module, images: np.ndarray, info: DatasetInfo, runtime: Runtime) -> np.ndarray:
-    """(N,H,W,3) uint8 images at the training size -> (N,H,W) uint8 class indices."""
-    batch = to_float_images(torch.from_numpy(np.array(images, dtype=np.uint8)).to(runtime.device), info.mean, info.std)
-    return predict_logits(model, batch, runtime).argmax(dim=1).to(torch.uint8).cpu().numpy()
+def predict_masks(model: nn.Module, images: list[np.ndarray], mean, std, runtime: Runtime) -> list[np.ndarray]:
+    """(H, W, 3) uint8 images at the working resolution -> (H, W) uint8 class indices, one at a time."""
+    masks = []
+    for image in images:
+        batch = to_float_images(torch.from_numpy(np.array(image, dtype=np.uint8))[None].to(runtime.device), mean, std)
+        masks.append(predict_logits(model, batch, runtime).argmax(dim=1)[0].to(torch.uint8).cpu().numpy())
+    return masks
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, batches: Batches, num_classes: int, ignore_index: int, runtime: Runtime, loss_fn: nn.Module | None = None
 ) -> tuple[ConfusionMatrix, float | None]:
-    """Confusion matrix over the split (reduced across processes) and the mean loss."""
+    """Confusion matrix over the split at the working resolution (reduced across
+    processes) and the mean loss."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index, runtime.device)
     total_loss, count = 0.0, 0
-    for images, masks in batches.iterate():
+    for images, masks, _ in batches.iterate():
         logits = predict_logits(model, images, runtime)
         matrix.update(logits.argmax(dim=1), masks)
         if loss_fn is not None:
@@ -137,11 +214,41 @@ def evaluate(
     return matrix, (total_loss / count if count else None)
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed every global RNG; return the generator that drives shuffling and augmentation."""
-    import random
+@dataclass
+class TestScores:
+    native: ConfusionMatrix     # against the original masks at their own resolution: the headline
+    working: ConfusionMatrix    # against the stored masks at the working resolution
+    per_image: np.ndarray       # (N, C, C) native confusion matrix of every image, for intervals and rankings
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
+
+@torch.inference_mode()
+def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_index: int, runtime: Runtime) -> TestScores:
+    """Predict each test image at the working resolution, upsample the logits to
+    the image's original size, and score against the original mask."""
+    model.eval()
+    split = batches.split
+    native = ConfusionMatrix(num_classes, ignore_index, runtime.device)
+    working = ConfusionMatrix(num_classes, ignore_index, runtime.device)
+    per_image = np.zeros((len(split), num_classes, num_classes), np.int64)
+    for images, masks, index in batches.iterate():
+        logits = predict_logits(model, images, runtime)
+        working.update(logits.argmax(dim=1), masks)
+        for k, row in enumerate(index):
+            truth = torch.from_numpy(np.array(split.native_mask(row))).to(runtime.device)
+            upsampled = logits[k : k + 1]
+            if truth.shape != upsampled.shape[-2:]:
+                upsampled = F.interpolate(upsampled, size=truth.shape, mode="bilinear", align_corners=False)
+            counts = confusion_matrix(upsampled.argmax(dim=1)[0], truth, num_classes, ignore_index)
+            native.counts += counts
+            per_image[row] = counts.cpu().numpy()
+    native.all_reduce()
+    working.all_reduce()
+    return TestScores(native, working, per_image)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNG (initialisation, dropout) and return the generator that
+    drives shuffling, crops and augmentation. Python's `random` is left alone: MLflow
+    draws run names from it, and seeding it would give every run the same name."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from segpipe.errors import SegpipeError
+from segpipe.registry import Registry
 
 
 class SegmentationLoss(nn.Module):
@@ -87,19 +88,44 @@ class MSE(_Regression):
         return diff.square()
 
 
-LOSSES: dict[str, Callable[..., SegmentationLoss]] = {
+LOSSES: Registry[Callable[..., SegmentationLoss]] = Registry("loss.name", "loss", {
     "cross_entropy": CrossEntropy,
     "dice": Dice,
     "ce_dice": CrossEntropyDice,
     "mae": MAE,
     "mse": MSE,
-}
+})
+
+
+def median_frequency_weights(class_pixels: list[int], presence_pixels: list[int]) -> list[float]:
+    """SegNet's median-frequency balancing (Eigen and Fergus, 2015): the frequency of a
+    class is its pixel count over the labelled pixels of the training images that
+    contain it; its weight is the median of those frequencies over its own. A class
+    with no pixels gets weight 0 (preprocess refuses such training data anyway)."""
+    frequency = [c / p if p else 0.0 for c, p in zip(class_pixels, presence_pixels)]
+    present = sorted(f for f in frequency if f > 0)
+    if not present:
+        raise SegpipeError("loss.class_weights: median_frequency needs labelled training pixels, and there are none")
+    mid = len(present) // 2
+    median = present[mid] if len(present) % 2 else (present[mid - 1] + present[mid]) / 2
+    return [median / f if f > 0 else 0.0 for f in frequency]
+
+
+def resolve_class_weights(setting, num_classes: int, summary: dict) -> list[float] | None:
+    """loss.class_weights as numbers: null, explicit weights, or median_frequency from preprocess's summary."""
+    if setting is None:
+        return None
+    if setting == "median_frequency":
+        classes = summary["classes"]
+        return median_frequency_weights([summary["class_pixels"]["train"][c] for c in classes],
+                                        [summary["train_presence_pixels"][c] for c in classes])
+    if len(setting) != num_classes:
+        raise SegpipeError(
+            f"loss.class_weights has {len(setting)} values but the dataset has {num_classes} classes; "
+            "give one weight per class, in the order of data/processed/summary.json's classes, or null"
+        )
+    return list(setting)
 
 
 def create_loss(name: str, num_classes: int, ignore_index: int, class_weights: list[float] | None) -> SegmentationLoss:
-    if class_weights is not None and len(class_weights) != num_classes:
-        raise SegpipeError(
-            f"loss.class_weights has {len(class_weights)} values but the dataset has {num_classes} classes; "
-            "give one weight per class, in the order of data/processed/summary.json's classes, or null"
-        )
     return LOSSES[name](num_classes, ignore_index, class_weights)

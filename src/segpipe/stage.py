@@ -1,13 +1,16 @@
 """What every DVC stage entry point shares: the file contract between stages,
-clean error reporting, and a one-line JSON summary of what the stage did."""
+params loading, clean error reporting, and a one-line JSON summary of what the
+stage did."""
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from segpipe.config import PARAMS_FILE, Params, SegpipeConfigError, parse_params, read_params_file
 from segpipe.errors import SegpipeError
 
 # DVC runs every stage from the folder that holds dvc.yaml: the project root.
@@ -17,7 +20,10 @@ RAW_DIR = Path("data/raw")
 DOWNLOAD_CACHE = Path("data/downloads")
 PROCESSED_DIR = Path("data/processed")
 BEST_MODEL = Path("models/model.pt")
-LAST_CHECKPOINT = Path("models/last.pt")
+RUN_LINK = Path("models/mlflow_run.json")
+# Resume state: not a DVC output, so DVC does not delete it before re-running train.
+RESUME_DIR = Path("models/resume")
+RESUME_STATE = RESUME_DIR / "state.pt"
 METRICS_DIR = Path("metrics")
 TRAIN_METRICS = METRICS_DIR / "train.json"
 TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
@@ -25,15 +31,54 @@ EVAL_METRICS = METRICS_DIR / "eval.json"
 CONFUSION_MATRIX = METRICS_DIR / "confusion_matrix.json"
 REPORTS_DIR = Path("reports")
 
+_loaded_digest: str | None = None
+
+
+def stage_params() -> Params:
+    """params.yaml, validated; remembered so that run_stage can tell if it changed mid-run."""
+    global _loaded_digest
+    raw, _loaded_digest = read_params_file(PARAMS_FILE)
+    return parse_params(raw, PARAMS_FILE)
+
+
+def _params_changed() -> bool:
+    if _loaded_digest is None or not Path(PARAMS_FILE).exists():
+        return False
+    return read_params_file(PARAMS_FILE)[1] != _loaded_digest
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Interrupted()
+
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main(); a SegpipeError becomes a clear message and exit status 2."""
+    """Run a stage's main(): a SegpipeError becomes a clear message and exit status 2,
+    Ctrl-C or SIGTERM exit 130 without a traceback (the stage cleans up first)."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main()
-    except SegpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (SegpipeError, SegpipeConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    if _params_changed():
+        # Another `dvc exp run` in this workspace rewrote params.yaml while this stage ran:
+        # its outputs would not match the params that dvc.lock is about to record.
+        print(f"error: {PARAMS_FILE} changed while this stage ran, so its outputs may not match it; another "
+              "`dvc exp run` in this workspace? Run experiments one at a time here, or queue them "
+              "(dvc exp run --queue; dvc queue start), which gives each its own copy.", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
 def print_summary(stage: str, **fields: Any) -> None:
     print(json.dumps({"stage": stage, **fields}), flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -1,62 +1,93 @@
-"""Validate every raw pair, resize it once, split deterministically, store uint8 arrays."""
+"""Validate every raw pair, bring it to the working resolution once, split
+deterministically, and stream uint8 arrays to disk.
+
+Memory stays flat whatever the dataset's size: samples are decoded a few at a
+time by a thread pool and written as they come. The summary records what a
+person needs before trusting a number: counts, per-class pixels, rejected files
+and images that appear in more than one split.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from segpipe.config import PreprocessParams, SplitParams
-from segpipe.data.processed import SPLITS, ProcessedSplit, write_summary
-from segpipe.data.raw import Pair, RawDataset
+from segpipe.data.images import BadImageFile, mask_values, open_image, read_rgb, resize_labels, resize_rgb
+from segpipe.data.processed import SPLITS, SplitWriter, write_summary
+from segpipe.data.raw import Pair, Problem, RawDataset
+from segpipe.data.resolution import Resize
 from segpipe.errors import SegpipeError, shortlist
 
 # How many bad files an error message lists before it says "and N more".
 _SHOWN_PROBLEMS = 20
 
+T, R = TypeVar("T"), TypeVar("R")
+
 
 @dataclass(frozen=True)
 class Sample:
     pair: Pair
-    image: np.ndarray | None
-    mask: np.ndarray | None
-    problem: str | None = None
+    image: np.ndarray | None = None        # at the working resolution
+    mask: np.ndarray | None = None         # at the working resolution
+    native_mask: np.ndarray | None = None  # at the original resolution (test split only)
+    digest: str | None = None              # of the decoded original image, for leak detection
+    problem: Problem | None = None
 
 
-def load_sample(raw: RawDataset, pair: Pair, size: int) -> Sample:
+def _bad(pair: Pair, raw: RawDataset, reason: str, unknown_values: list | None = None) -> Sample:
+    return Sample(pair, problem=Problem(pair.id, str(raw.root / pair.image), str(raw.root / pair.mask), reason,
+                                        unknown_values))
+
+
+def load_sample(raw: RawDataset, pair: Pair, resize: Resize, min_side: int, keep_native: bool = False) -> Sample:
     """Read, validate and resize one pair; a bad pair comes back with `problem` set."""
     image_path, mask_path = raw.root / pair.image, raw.root / pair.mask
     try:
-        with Image.open(image_path) as img:
-            image = img.convert("RGB")
-        with Image.open(mask_path) as msk:
-            if msk.mode not in ("L", "P"):
-                return Sample(pair, None, None, f"{mask_path}: mask mode {msk.mode!r}; masks must be single-channel class indices (L or P)")
-            mask = msk.copy()
-    except (OSError, UnidentifiedImageError) as exc:
-        return Sample(pair, None, None, f"unreadable: {exc}")
-    if image.size != mask.size:
-        return Sample(
-            pair, None, None,
-            f"{image_path} is {image.size[0]}x{image.size[1]} but {mask_path} is {mask.size[0]}x{mask.size[1]}; "
-            "image and mask must be the same size",
-        )
-    labels = np.asarray(mask)
+        image = read_rgb(image_path)
+        with open_image(mask_path) as mask_file:
+            if mask_file.mode not in ("1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I"):
+                return _bad(pair, raw, f"{mask_path}: mask mode {mask_file.mode!r}; masks must be single-channel class "
+                                       "indices (L or P)")
+            labels = mask_values(mask_file)
+    except BadImageFile as exc:
+        return _bad(pair, raw, str(exc))
+    height, width = image.shape[:2]
+    if labels.shape != (height, width):
+        return _bad(pair, raw, f"{image_path} is {width}x{height} but {mask_path} is {labels.shape[1]}x{labels.shape[0]}; "
+                               "image and mask must be the same size")
+    if min(height, width) < min_side:
+        return _bad(pair, raw, f"{image_path} is only {width}x{height}, below preprocess.min_side ({min_side} pixels); "
+                               "remove it, or lower preprocess.min_side if such small images are intended")
     bad = np.unique(labels[(labels >= len(raw.classes)) & (labels != raw.ignore_index)])
     if bad.size:
-        return Sample(
-            pair, None, None,
-            f"{mask_path}: labels {bad.tolist()[:10]} out of range; valid are 0..{len(raw.classes) - 1} "
-            f"and {raw.ignore_index} (ignore)",
-        )
-    resized_image = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
-    # Nearest keeps labels exact: no blending of class indices or of the ignore label.
-    resized_mask = np.asarray(mask.resize((size, size), Image.NEAREST), dtype=np.uint8)
-    return Sample(pair, resized_image, resized_mask)
+        return _bad(pair, raw, f"{mask_path}: labels {bad.tolist()[:10]} out of range; valid are "
+                               f"0..{len(raw.classes) - 1} and {raw.ignore_index} (ignore)", bad.tolist()[:10])
+    labels = labels.astype(np.uint8)
+    work_h, work_w = resize.shape_for(height, width)
+    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes() + repr(image.shape).encode()).hexdigest()
+    return Sample(pair, resize_rgb(image, work_h, work_w), resize_labels(labels, work_h, work_w),
+                  labels if keep_native else None, digest)
+
+
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """Like pool.map, in order, but with only a few results in flight, so memory
+    stays flat however many items there are (Executor.map submits them all)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def assign_splits(pairs: list[Pair], params: SplitParams) -> dict[str, list[Pair]]:
@@ -92,62 +123,121 @@ def _share(total: int, fraction: float, parts: int) -> int:
     return max(1, round(total * fraction)) if total >= parts else 0
 
 
-def class_pixel_counts(masks: np.ndarray, num_classes: int) -> list[int]:
-    counts = np.bincount(masks.reshape(-1), minlength=256)
-    return counts[:num_classes].tolist()
+class _Statistics:
+    """Pixel counts per class and split, image presence (for class balancing) and
+    channel moments of the training images, accumulated as samples stream by."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.class_pixels = {name: np.zeros(num_classes, np.int64) for name in SPLITS}
+        # Per class: labelled pixels of the training images that contain the class (median-frequency balancing).
+        self.presence_pixels = np.zeros(num_classes, np.int64)
+        self.channel_sum, self.channel_squares, self.pixel_count = np.zeros(3), np.zeros(3), 0
+
+    def add(self, split: str, sample: Sample) -> None:
+        counts = np.bincount(sample.mask.reshape(-1), minlength=256)[: self.num_classes]
+        self.class_pixels[split] += counts
+        if split == "train":
+            self.presence_pixels[counts > 0] += counts.sum()
+            pixels = sample.image.reshape(-1, 3).astype(np.float64) / 255.0
+            self.channel_sum += pixels.sum(axis=0)
+            self.channel_squares += np.square(pixels).sum(axis=0)
+            self.pixel_count += len(pixels)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        mean = self.channel_sum / max(self.pixel_count, 1)
+        std = np.sqrt(np.maximum(self.channel_squares / max(self.pixel_count, 1) - mean**2, 0.0))
+        return mean.round(6).tolist(), np.maximum(std, 1e-3).round(6).tolist()
 
 
-def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
-    return pixels.mean(axis=0).round(6).tolist(), np.maximum(pixels.std(axis=0), 1e-3).round(6).tolist()
+def find_leaks(digests: dict[str, list[tuple[str, str]]]) -> list[dict]:
+    """Images whose content appears in more than one split."""
+    leaks = []
+    for digest, members in sorted(digests.items()):
+        if len({split for _, split in members}) > 1:
+            leaks.append({"sha1": digest, "ids": [i for i, _ in members], "splits": [s for _, s in members]})
+    return leaks
 
 
-def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path) -> dict:
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        samples = list(pool.map(lambda p: load_sample(raw, p, params.size), raw.pairs))
+def _problems_error(problems: list[Problem], total: int, root: Path) -> SegpipeError:
+    lines = shortlist([f"  - {p.id}: {p.reason}" for p in problems], _SHOWN_PROBLEMS, separator="\n")
+    shared = None
+    if all(p.unknown_values for p in problems) and 2 * len(problems) >= total:
+        shared = set.intersection(*(set(map(str, p.unknown_values)) for p in problems))
+    if shared:  # one mapping problem behind most files: skipping them is no fix
+        advice = (f"Every one of them holds the mask value(s) {', '.join(sorted(shared))}, which no class has: fix how the "
+                  "masks are read, as the first line says (skipping would drop every such file).")
+    elif len(problems) >= total:
+        advice = "No sample is usable: fix the files or the dataset settings (skipping would leave nothing)."
+    else:
+        advice = "Fix or remove these files, or set preprocess.on_bad_sample: skip in params.yaml to leave them out."
+    return SegpipeError(f"{len(problems)} of {total} samples in {root} are bad:\n{lines}\n{advice}")
 
-    rejected = [s for s in samples if s.problem]
-    if rejected and params.on_bad_sample == "error":
-        lines = shortlist([f"  - {s.pair.id}: {s.problem}" for s in rejected], _SHOWN_PROBLEMS, separator="\n")
-        raise SegpipeError(
-            f"{len(rejected)} of {len(samples)} samples in {raw.root} are bad:\n{lines}"
-            + "\nFix or remove these files, or set preprocess.on_bad_sample: skip in params.yaml to leave them out."
-        )
-    good = {s.pair.id: s for s in samples if not s.problem}
-    if not good:
+
+def _missing_classes_error(classes: list[str], train_pixels: np.ndarray) -> SegpipeError | None:
+    missing = [f"{name!r} (index {i})" for i, name in enumerate(classes) if train_pixels[i] == 0]
+    if not missing:
+        return None
+    return SegpipeError(
+        f"class {', '.join(missing)} has no pixels at all in the training split, so the model can never learn it and "
+        "its scores would be meaningless. The likely cause is masks that code classes differently from how they are "
+        "read: two-class masks saved as 0/255 need data.folder.values: [0, 255] (or data.folder.threshold: 128 for "
+        "JPEG masks), and a value set as data.folder.ignore_value is never a class. If the class is simply absent "
+        "from these images, remove it from data.folder.classes or add training images that show it."
+    )
+
+
+def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path, workers: int | None = None) -> dict:
+    resize = Resize(params.resize.by, params.resize.to)
+    splits = assign_splits(raw.pairs, params.split)
+    stats = _Statistics(len(raw.classes))
+    problems: list[Problem] = list(raw.problems)
+    digests: dict[str, list[tuple[str, str]]] = {}
+    counts = {}
+    for name in SPLITS:
+        writer = SplitWriter(out_dir, name, native=name == "test")
+        load = lambda pair, native=name == "test": load_sample(raw, pair, resize, params.min_side, native)  # noqa: E731
+        for sample in bounded_map(load, splits[name], workers or os.cpu_count() or 1):
+            if sample.problem:
+                problems.append(sample.problem)
+                continue
+            writer.append(sample.pair.id, sample.image, sample.mask, sample.native_mask)
+            stats.add(name, sample)
+            digests.setdefault(sample.digest, []).append((sample.pair.id, name))
+        writer.close()
+        counts[name] = len(writer)
+
+    total = len(raw.pairs) + len(raw.problems)
+    if problems and params.on_bad_sample == "error":
+        raise _problems_error(problems, total, raw.root)
+    if not sum(counts.values()):
         raise SegpipeError(f"no usable samples in {raw.root}; check the download stage's output")
-
-    splits = assign_splits([s.pair for s in good.values()], params.split)
-    empty = [name for name in SPLITS if not splits[name]]
+    empty = [name for name in SPLITS if not counts[name]]
     if empty:
         raise SegpipeError(
-            f"split(s) {', '.join(empty)} would be empty with {len(good)} usable samples; "
+            f"split(s) {', '.join(empty)} would be empty with {sum(counts.values())} usable samples; "
             "add more images or change preprocess.split fractions"
         )
+    missing = _missing_classes_error(raw.classes, stats.class_pixels["train"])
+    if missing:
+        raise missing
+    leaks = find_leaks(digests)
+    if leaks and params.on_leak == "error":
+        shown = shortlist([" = ".join(f"{i} ({s})" for i, s in zip(leak["ids"], leak["splits"])) for leak in leaks], 10, "\n  ")
+        raise SegpipeError(f"{len(leaks)} images appear in more than one split (same pixels), so test scores would "
+                           f"be inflated:\n  {shown}\nRemove the duplicates, or set preprocess.on_leak: warn to go on")
 
-    summary: dict = {"dataset": raw.dataset, "classes": raw.classes, "ignore_index": raw.ignore_index, "size": params.size}
-    counts, pixels = {}, {}
-    for name in SPLITS:
-        chosen = [good[p.id] for p in splits[name]]
-        split = ProcessedSplit(
-            name=name,
-            images=np.stack([s.image for s in chosen]),
-            masks=np.stack([s.mask for s in chosen]),
-            ids=[s.pair.id for s in chosen],
-        )
-        split.save(out_dir)
-        counts[name] = len(split)
-        pixels[name] = dict(zip(raw.classes, class_pixel_counts(split.masks, len(raw.classes))))
-        if name == "train":
-            summary["mean"], summary["std"] = channel_stats(split.images)
-
-    total = {c: sum(pixels[s][c] for s in SPLITS) for c in raw.classes}
-    labelled = max(1, sum(total.values()))
-    summary |= {
-        "counts": counts,
-        "class_pixels": pixels,
-        "class_frequency": {c: round(n / labelled, 6) for c, n in total.items()},
-        "rejected": [{"id": s.pair.id, "image": s.pair.image, "mask": s.pair.mask, "reason": s.problem} for s in rejected],
+    mean, std = stats.mean_std()
+    labelled = max(1, int(sum(p.sum() for p in stats.class_pixels.values())))
+    total_pixels = sum(stats.class_pixels.values())
+    summary = {
+        "dataset": raw.dataset, "classes": raw.classes, "ignore_index": raw.ignore_index, "resize": resize.as_dict(),
+        "mean": mean, "std": std, "counts": counts,
+        "class_pixels": {s: dict(zip(raw.classes, stats.class_pixels[s].tolist())) for s in SPLITS},
+        "class_frequency": {c: round(int(n) / labelled, 6) for c, n in zip(raw.classes, total_pixels)},
+        "train_presence_pixels": dict(zip(raw.classes, stats.presence_pixels.tolist())),
+        "rejected": [asdict(p) for p in problems],
+        "leaks": leaks,
     }
     write_summary(out_dir, summary)
     return summary

@@ -10,6 +10,7 @@ from segpipe.data.folder import import_folder
 from segpipe.data.oxford_pet import import_oxford_pet
 from segpipe.data.raw import RawDataset
 from segpipe.data.voc2012 import import_voc2012
+from segpipe.registry import Registry
 
 
 def _shapes(params, out_dir: Path, cache_dir: Path) -> RawDataset:
@@ -17,12 +18,12 @@ def _shapes(params, out_dir: Path, cache_dir: Path) -> RawDataset:
 
 
 # name in params.yaml (data.dataset) -> function(params, out_dir, cache_dir) -> RawDataset
-SOURCES: dict[str, Callable[..., RawDataset]] = {
+SOURCES: Registry[Callable[..., RawDataset]] = Registry("data.dataset", "dataset", {
     "shapes": _shapes,
     "oxford_pet": import_oxford_pet,
     "voc2012": import_voc2012,
     "folder": import_folder,
-}
+})
 
 
 def import_dataset(params, out_dir: Path, cache_dir: Path) -> RawDataset:

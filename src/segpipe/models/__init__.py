@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from segpipe.models.blocks import SegmentationModel
 from segpipe.models.cnn import CNN
 from segpipe.models.fcn import FCN8s
 from segpipe.models.unet import UNet
+from segpipe.registry import Registry
 
-MODELS: dict[str, type[SegmentationModel]] = {
+MODELS: Registry[type[SegmentationModel]] = Registry("model.name", "model", {
     "cnn": CNN,
     "fcn": FCN8s,
     "unet": UNet,
-}
+})
 
 
-def create_model(name: str, num_classes: int, pooling: str, base_channels: int, in_channels: int = 3) -> SegmentationModel:
-    return MODELS[name](in_channels=in_channels, num_classes=num_classes, pooling=pooling, base_channels=base_channels)
-
-
-def model_spec(model: SegmentationModel) -> dict:
+@dataclass(frozen=True)
+class ModelSpec:
     """What a checkpoint stores to rebuild the same architecture."""
-    name = next(k for k, v in MODELS.items() if type(model) is v)
-    return {
-        "name": name,
-        "num_classes": model.num_classes,
-        "pooling": model.pooling,
-        "base_channels": model.base_channels,
-        "in_channels": model.in_channels,
-    }
+
+    name: str
+    num_classes: int
+    pooling: str
+    base_channels: int
+    in_channels: int = 3
+
+
+def create_model(spec: ModelSpec) -> SegmentationModel:
+    return MODELS[spec.name](in_channels=spec.in_channels, num_classes=spec.num_classes, pooling=spec.pooling,
+                             base_channels=spec.base_channels)
+
+
+def spec_for(params, num_classes: int) -> ModelSpec:
+    """The spec params.yaml's model section describes, for a dataset of `num_classes`."""
+    return ModelSpec(MODELS.check(params.name), num_classes, params.pooling, params.base_channels)
