@@ -12,7 +12,7 @@ WITH_VENV := PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_D
 # This machine's pip configuration lists local indexes that lack some packages; pip warns once per package.
 QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: run test ui venv
+.PHONY: run test ui venv bench team-server
 
 venv: $(STAMP)
 
@@ -30,3 +30,11 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	$(WITH_VENV) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+# Performance comparisons, each printed side by side as ratios from one run (benchmarks/RESULTS.md).
+bench: $(STAMP)
+	$(WITH_VENV) python benchmarks/run.py
+
+# A team's stack on this machine, for trying it: PostgreSQL, S3-compatible storage and an MLflow server.
+team-server: $(STAMP)
+	$(WITH_VENV) python -m segpipe.team_stack

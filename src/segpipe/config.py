@@ -162,6 +162,8 @@ class ModelParams(Strict):
     name: str  # checked against segpipe.models.MODELS
     pooling: Literal["max", "avg"]
     base_channels: PositiveInt
+    # none | a torchvision weights name (e.g. MobileNet_V3_Large_Weights.IMAGENET1K_V1) | a local .pt/.pth file
+    weights: Annotated[str, Field(min_length=1)]
 
 
 class LossParams(Strict):
@@ -216,6 +218,7 @@ class EvaluateParams(Strict):
 
 class ReportParams(Strict):
     num_examples: Annotated[int, Field(ge=0)]
+    bootstrap_samples: Annotated[int, Field(ge=0)]
 
 
 class MlflowParams(Strict):
