@@ -7,6 +7,7 @@ import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
 import csv
 import math
 import time
+from dataclasses import replace
 
 import torch
 
@@ -19,7 +20,7 @@ from segpipe.engine import Batches, TrainingDiverged, evaluate, seed_everything,
 from segpipe.errors import SegpipeError
 from segpipe.losses import LOSSES, create_loss, resolve_class_weights
 from segpipe.metrics import scores
-from segpipe.models import MODELS, create_model, spec_for
+from segpipe.models import MODELS, apply_weights, create_model, spec_for
 from segpipe.optim import build_optimizer, build_scheduler
 from segpipe.resume import discard, previous_training, random_states, restore_random_states, training_fingerprint
 from segpipe.stage import (
@@ -53,6 +54,18 @@ def main() -> None:
     runtime = runtime_for(params.train.device, params.train.amp, params.train.channels_last)
     generator = seed_everything(params.train.seed)
 
+    # The model first: pretrained weights decide how images are normalised.
+    model = create_model(spec)
+    loaded = apply_weights(model, params.model.weights)
+    if loaded is not None:
+        print(f"starting from {loaded.description}", flush=True)
+        if loaded.mean is not None:
+            info = replace(info, mean=loaded.mean, std=loaded.std)
+    if not model.own_knobs:
+        print(f"note: model.pooling and model.base_channels shape cnn, fcn and unet only; {spec.name} does not use them",
+              flush=True)
+    model = model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
+
     crop = tuple(params.train.crop) if params.train.crop else None
     train_split = ProcessedSplit.load(PROCESSED_DIR, "train")
     train_batches = Batches(train_split, params.train.batch_size, runtime, info.mean, info.std, crop, info.ignore_index)
@@ -62,7 +75,6 @@ def main() -> None:
     train_batches.check_trainable()
     input_shape = crop or train_split.uniform_shape
 
-    model = create_model(spec).to(runtime.device, memory_format=torch.channels_last if runtime.channels_last else torch.preserve_format)
     loss_fn = create_loss(params.loss.name, info.num_classes, info.ignore_index, class_weights).to(runtime.device)
     optimizer = build_optimizer(model, params.train)
     scheduler = build_scheduler(optimizer, params.train, len(train_batches))

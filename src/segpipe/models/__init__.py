@@ -7,14 +7,19 @@ from dataclasses import dataclass
 from segpipe.models.blocks import SegmentationModel
 from segpipe.models.cnn import CNN
 from segpipe.models.fcn import FCN8s
+from segpipe.models.torchvision_models import TORCHVISION_MODELS
 from segpipe.models.unet import UNet
+from segpipe.models.weights import Loaded, apply_weights
 from segpipe.registry import Registry
 
 MODELS: Registry[type[SegmentationModel]] = Registry("model.name", "model", {
     "cnn": CNN,
     "fcn": FCN8s,
     "unet": UNet,
+    **TORCHVISION_MODELS,
 })
+
+__all__ = ["MODELS", "Loaded", "ModelSpec", "SegmentationModel", "apply_weights", "create_model", "spec_for"]
 
 
 @dataclass(frozen=True)

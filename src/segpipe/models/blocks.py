@@ -36,6 +36,9 @@ def upsample_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class SegmentationModel(nn.Module):
     """Base class: (N, in_channels, H, W) -> logits (N, num_classes, H, W)."""
 
+    # Whether model.pooling and model.base_channels shape this model.
+    own_knobs = True
+
     def __init__(self, in_channels: int, num_classes: int, pooling: str, base_channels: int):
         super().__init__()
         self.in_channels = in_channels

@@ -1,0 +1,151 @@
+"""model.weights: the weights a training starts from.
+
+    none                                   random initialisation
+    MobileNet_V3_Large_Weights.IMAGENET1K_V1   a torchvision weights name: the backbone's
+                                           (a new head for your classes: what most users
+                                           want), or the whole model's (its head is replaced
+                                           when your class count differs)
+    path/to/weights.pt                     a local state dict: a whole model, a torchvision
+                                           classification backbone, or a segpipe checkpoint
+
+Named weights are fetched by torchvision's own loader and cached in TORCH_HOME
+($TORCH_HOME/hub/checkpoints); offline, a missing file is an error that says
+where to put it. Models with pretrained weights are fed images normalised the way
+those weights were trained (ImageNet statistics), not by the dataset's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segpipe.errors import SegpipeError, shortlist
+from segpipe.models.blocks import SegmentationModel
+from segpipe.models.torchvision_models import TorchvisionModel
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+KEY = "model.weights"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What was loaded, for the log: a sentence and the normalisation it implies."""
+
+    description: str
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+
+def apply_weights(model: SegmentationModel, setting: str) -> Loaded | None:
+    """Load model.weights into a freshly built model; None for `none`."""
+    if setting == "none":
+        return None
+    if setting.endswith((".pt", ".pth")) or "/" in setting or Path(setting).exists():
+        return _load_file(model, Path(setting))
+    return _load_named(model, setting)
+
+
+def _load_named(model: SegmentationModel, name: str) -> Loaded:
+    from torchvision.models import get_weight
+
+    if not isinstance(model, TorchvisionModel):
+        raise SegpipeError(f"{KEY}: {name!r} is torchvision's; it applies to torchvision models (lraspp_..., deeplabv3_..., "
+                           "fcn_resnet50), not to this one. Use none, or a local file of this model's weights")
+    try:
+        weights = get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise SegpipeError(f"{KEY}: {name!r} is no torchvision weights name; use for example "
+                           f"{model.backbone_weights().__name__}.{next(iter(model.backbone_weights())).name} (backbone) or "
+                           f"{model.whole_weights().__name__}.{next(iter(model.whole_weights())).name} (whole model), "
+                           "a local .pt/.pth file, or none") from None
+    whole, backbone = model.whole_weights(), model.backbone_weights()
+    if not isinstance(weights, (whole, backbone)):
+        raise SegpipeError(f"{KEY}: {name} is for another architecture; {model.builder} takes {backbone.__name__}.* "
+                           f"(backbone) or {whole.__name__}.* (whole model)")
+    state = _download(weights, name)
+    if isinstance(weights, backbone):
+        _load_backbone(model, state, name)
+        return Loaded(f"backbone weights {name}", IMAGENET_MEAN, IMAGENET_STD)
+    loaded, skipped = _load_matching(model, {f"net.{k}": v for k, v in state.items()}, name)
+    note = f" (new head for {model.num_classes} classes: {len(skipped)} tensors left at random)" if skipped else ""
+    return Loaded(f"whole-model weights {name}{note}", IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _download(weights, name: str) -> dict:
+    from torch.hub import get_dir
+
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as exc:  # offline: URLError is an OSError
+        cached = Path(get_dir()) / "checkpoints" / Path(weights.url).name
+        raise SegpipeError(f"{KEY}: {name} is not in torchvision's cache ({cached}) and could not be downloaded "
+                           f"({str(exc).splitlines()[0][:200]}). On a machine with a network, run once to fill the cache "
+                           f"(or download {weights.url} to that path, or set TORCH_HOME), or set {KEY} to a local file "
+                           "or none") from None
+
+
+def _read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise SegpipeError(f"{KEY}: {path} not found; give a .pt/.pth state dict, a torchvision weights name, or none")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a foreign file
+        raise SegpipeError(f"{KEY}: {path} is not a readable state dict ({str(exc).splitlines()[0][:200]})") from None
+    for key in ("state", "state_dict", "model"):  # a segpipe checkpoint, or a training script's {"state_dict": ...}
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise SegpipeError(f"{KEY}: {path} holds no state dict of tensors")
+    return raw
+
+
+def _load_file(model: SegmentationModel, path: Path) -> Loaded:
+    state = _read_file(path)
+    own = set(model.state_dict())
+    candidates = [state, {f"net.{k}": v for k, v in state.items()}]
+    if isinstance(model, TorchvisionModel):
+        candidates.append(_as_backbone(state))
+    best = max(candidates, key=lambda c: len(own & set(c)))
+    if isinstance(model, TorchvisionModel) and best is candidates[-1] and len(own & set(best)):
+        _load_backbone(model, state, str(path))
+        return Loaded(f"backbone weights from {path}", IMAGENET_MEAN, IMAGENET_STD)
+    loaded, skipped = _load_matching(model, best, str(path))
+    pretrained = (IMAGENET_MEAN, IMAGENET_STD) if isinstance(model, TorchvisionModel) else (None, None)
+    note = f"; {len(skipped)} left at random ({shortlist(skipped, 3)})" if skipped else ""
+    return Loaded(f"{loaded} tensors from {path}{note}", *pretrained)
+
+
+def _as_backbone(state: dict) -> dict:
+    """A torchvision classification model's state dict under the segmentation model's backbone names
+    (MobileNetV3's `features.N` become `backbone.N`; ResNet's layers keep their names)."""
+    return {f"net.backbone.{k.removeprefix('features.')}": v for k, v in state.items() if not k.startswith(("classifier.", "fc."))}
+
+
+def _load_backbone(model: TorchvisionModel, state: dict, source: str) -> None:
+    mapped = {k.removeprefix("net.backbone."): v for k, v in _as_backbone(state).items()}
+    backbone: nn.Module = model.net.backbone
+    missing = [k for k in backbone.state_dict() if k not in mapped]
+    if missing:
+        raise SegpipeError(f"{KEY}: {source} lacks {len(missing)} of the backbone's tensors ({shortlist(missing, 3)}); "
+                           f"is it {model.backbone_weights().__name__}?")
+    wanted = {k: mapped[k] for k in backbone.state_dict()}  # the backbone drops a classifier's last layers
+    bad = [k for k, v in wanted.items() if v.shape != backbone.state_dict()[k].shape]
+    if bad:
+        raise SegpipeError(f"{KEY}: {source} has other shapes for {shortlist(bad, 3)}; is it {model.backbone_weights().__name__}?")
+    backbone.load_state_dict(wanted)
+
+
+def _load_matching(model: nn.Module, state: dict, source: str) -> tuple[int, list[str]]:
+    """Load every tensor whose name and shape match; the rest (a head for another class
+    count) stays at random. Refuse a file that matches too little to be this model's."""
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    skipped = sorted(k for k in own if k not in matching)
+    if len(matching) < len(own) / 2:
+        raise SegpipeError(f"{KEY}: {source} matches only {len(matching)} of the model's {len(own)} tensors; it is the "
+                           "weights of another architecture")
+    model.load_state_dict(matching, strict=False)
+    return len(matching), skipped
