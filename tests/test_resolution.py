@@ -143,3 +143,16 @@ def test_split_folders_leave_no_room_for_a_second_description(raw_params):
                                      "split_folders": {"train": {"images": "a", "masks": "b"}}}
     with pytest.raises(SegpipeConfigError, match=r"split_folders names every split's folders: leave images, masks"):
         parse_params(raw_params)
+
+
+@pytest.mark.parametrize("crop", [None, (8, 12)])
+def test_a_split_kept_on_the_device_gives_exactly_the_batches_of_one_read_from_the_host(crop):
+    shapes = [(16, 20)] * 6 if crop is None else [(20, 30), (24, 18), (10, 12), (16, 20), (12, 14), (18, 18)]
+    split = labelled_split(shapes, seed=3)
+    host = Batches(split, 3, CPU, [0.5] * 3, [0.25] * 3, crop=crop, resident=False)
+    device = Batches(split, 3, CPU, [0.5] * 3, [0.25] * 3, crop=crop, resident=True)
+    assert isinstance(device.split.pixels, torch.Tensor) and not isinstance(host.split.pixels, torch.Tensor)
+    for generator in (torch.Generator().manual_seed(1), None):
+        other = None if generator is None else torch.Generator().manual_seed(1)
+        for a, b in zip(host.iterate(generator), device.iterate(other), strict=True):
+            assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)

@@ -210,6 +210,12 @@ class TrainParams(Strict):
     warmup_epochs: Annotated[int, Field(ge=0)]
     amp: bool
     channels_last: bool
+    # torch.compile the model (worth it on a GPU for long trainings; the first epoch pays the compile).
+    compile: bool
+    # Processes that share each batch under DDP: GPUs on this machine, or CPU processes on gloo.
+    nproc: PositiveInt
+    # Batch-norm statistics over the global batch instead of each process's share (nproc > 1).
+    sync_batchnorm: bool
 
 
 class EvaluateParams(Strict):

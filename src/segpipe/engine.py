@@ -11,6 +11,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+import torch.distributed as dist
 from torch.nn import functional as F
 
 from segpipe.config import AugmentParams
@@ -33,7 +34,15 @@ class Batches:
 
     Training (a generator given) shuffles, and takes a random `crop` of every
     image when set, padding images smaller than the crop with ignored pixels.
-    Evaluation keeps whole images and batches only images of one shape."""
+    Evaluation keeps whole images and batches only images of one shape.
+
+    Under DDP each process takes its `shard` (rank, processes) of every batch;
+    `batch_size` is the global batch. Every process draws the random numbers of the
+    whole batch and keeps its share, so the data a process sees, crops and all, is
+    exactly its part of what one process would see.
+
+    A split that fits in a quarter of the GPU's free memory is copied there once
+    (`resident`), and batches never touch the host again."""
 
     split: ProcessedSplit
     batch_size: int
@@ -42,10 +51,16 @@ class Batches:
     std: torch.Tensor
     crop: tuple[int, int] | None = None
     ignore_index: int = 255
+    shard: tuple[int, int] = (0, 1)
+    resident: bool | None = None  # None: on the GPU when it fits
 
     def __post_init__(self):
         self.mean = torch.as_tensor(self.mean, dtype=torch.float32, device=self.runtime.device)
         self.std = torch.as_tensor(self.std, dtype=torch.float32, device=self.runtime.device)
+        if self.resident is None:
+            self.resident = _fits_on_gpu(self.split, self.runtime.device)
+        if self.resident:
+            self.split = self.split.on_device(self.runtime.device)
 
     def __len__(self) -> int:
         return sum(-(-len(rows) // self.batch_size) for rows in self._groups())
@@ -61,19 +76,29 @@ class Batches:
             groups.setdefault(shapes[i], []).append(i)
         return [np.array(rows) for rows in groups.values()]
 
-    def _to_device(self, images: np.ndarray, masks: np.ndarray, index: np.ndarray) -> Batch:
-        images_t, masks_t = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.ascontiguousarray(masks))
-        if self.runtime.device.type == "cuda":
-            images_t, masks_t = images_t.pin_memory(), masks_t.pin_memory()
-        images_t = images_t.to(self.runtime.device, non_blocking=True)
-        masks_t = masks_t.to(self.runtime.device, non_blocking=True).long()
-        return Batch(to_float_images(images_t, self.mean, self.std), masks_t, index)
+    def _to_device(self, images, masks, index: np.ndarray) -> Batch:
+        if not self.resident:
+            images, masks = torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(np.ascontiguousarray(masks))
+            if self.runtime.device.type == "cuda":  # pinned memory: the copy overlaps the GPU's work
+                images, masks = images.pin_memory(), masks.pin_memory()
+            images = images.to(self.runtime.device, non_blocking=True)
+            masks = masks.to(self.runtime.device, non_blocking=True)
+        return Batch(to_float_images(images, self.mean, self.std), masks.long(), index)
 
-    def _crops(self, index: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def training_steps(self) -> int:
+        """Optimizer steps per epoch: full batches only, as torchvision's reference recipe
+        does (drop_last), so every step, and every process under DDP, has a whole batch."""
+        return len(self.split) // self.batch_size
+
+    def _crops(self, index: np.ndarray, u: np.ndarray):
         ch, cw = self.crop
-        u = torch.rand(len(index), 2, generator=generator).numpy()
-        images = np.zeros((len(index), ch, cw, 3), np.uint8)
-        masks = np.full((len(index), ch, cw), self.ignore_index, np.uint8)
+        if self.resident:
+            device = self.runtime.device
+            images = torch.zeros((len(index), ch, cw, 3), dtype=torch.uint8, device=device)
+            masks = torch.full((len(index), ch, cw), self.ignore_index, dtype=torch.uint8, device=device)
+        else:
+            images = np.zeros((len(index), ch, cw, 3), np.uint8)
+            masks = np.full((len(index), ch, cw), self.ignore_index, np.uint8)
         for k, i in enumerate(index):
             h, w = self.split.shapes[i]
             y, x = int(u[k, 0] * max(h - ch + 1, 1)), int(u[k, 1] * max(w - cw + 1, 1))
@@ -83,7 +108,14 @@ class Batches:
         return images, masks
 
     def check_trainable(self) -> None:
-        """Training batches need one shape: whole images of one shape, or crops."""
+        """Training needs a full batch, shared evenly, of one shape: whole images of one shape, or crops."""
+        rank, processes = self.shard
+        if len(self.split) < self.batch_size:
+            raise SegpipeError(f"the {self.split.name} split has {len(self.split)} images, fewer than train.batch_size "
+                               f"({self.batch_size}): lower train.batch_size")
+        if self.batch_size % processes:
+            raise SegpipeError(f"train.batch_size ({self.batch_size}) is the global batch, shared by train.nproc "
+                               f"({processes}) processes: make it a multiple of train.nproc")
         if self.crop is None and self.split.uniform_shape is None:
             shapes = sorted({f"{h}x{w}" for h, w in self.split.shapes.tolist()})
             raise SegpipeError(f"the {self.split.name} images differ in shape at the working resolution ({', '.join(shapes[:3])}"
@@ -94,20 +126,30 @@ class Batches:
         """Shuffled when given a generator; a trailing batch of one is dropped while
         shuffling (training), since batch norm cannot train on a single sample."""
         n = len(self.split)
+        rank, processes = self.shard
         if generator is None:
             for rows in self._groups():
                 for start in range(0, len(rows), self.batch_size):
-                    index = rows[start : start + self.batch_size]
-                    yield self._to_device(*self.split.stacked(index), index)
+                    index = rows[start : start + self.batch_size][rank::processes]
+                    if len(index):
+                        yield self._to_device(*self.split.stacked(index), index)
             return
         self.check_trainable()
         order = torch.randperm(n, generator=generator).numpy()
-        for start in range(0, n, self.batch_size):
+        for start in range(0, self.training_steps() * self.batch_size, self.batch_size):
             index = np.sort(order[start : start + self.batch_size])
-            if len(index) == 1 and n > 1:
-                continue
-            arrays = self._crops(index, generator) if self.crop is not None else self.split.stacked(index)
-            yield self._to_device(*arrays, index)
+            u = torch.rand(len(index), 2, generator=generator).numpy() if self.crop is not None else None
+            share = len(index) // processes
+            mine = slice(rank * share, (rank + 1) * share)
+            arrays = self._crops(index[mine], u[mine]) if self.crop is not None else self.split.stacked(index[mine])
+            yield self._to_device(*arrays, index[mine])
+
+
+def _fits_on_gpu(split: ProcessedSplit, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return split.pixels.nbytes + split.labels.nbytes < free // 4
 
 
 def _progress(iterable, total: int, description: str):
@@ -148,8 +190,9 @@ def train_one_epoch(
     total_loss, images_seen, start = torch.zeros((), device=runtime.device), 0, time.perf_counter()
     first_bad_step = torch.full((), -1, dtype=torch.int64, device=runtime.device)
     step = 0
-    for step, (images, masks, _) in enumerate(_progress(batches.iterate(generator), len(batches), description), start=1):
-        images, masks = augment_batch(images, masks, augment, ignore_index, generator)
+    steps = batches.training_steps()
+    for step, (images, masks, _) in enumerate(_progress(batches.iterate(generator), steps, description), start=1):
+        images, masks = augment_batch(images, masks, augment, ignore_index, generator, batches.shard)
         with runtime.autocast:
             logits = model(_prepare(images, runtime))
             loss = loss_fn(logits, masks)
@@ -165,6 +208,11 @@ def train_one_epoch(
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    if dist.is_available() and dist.is_initialized():  # every process stops at the same step, or none does
+        sums = torch.stack([total_loss.float(), torch.tensor(float(images_seen), device=total_loss.device)])
+        dist.all_reduce(sums)
+        dist.all_reduce(first_bad_step, op=dist.ReduceOp.MAX)
+        total_loss, images_seen = sums[0], int(sums[1])
     bad_step = int(first_bad_step)
     if bad_step >= 0:
         raise TrainingDiverged(f"the loss became nan or infinite at epoch {epoch}, step {bad_step} of {step}")
@@ -203,14 +251,17 @@ def evaluate(
     processes) and the mean loss."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index, runtime.device)
-    total_loss, count = 0.0, 0
+    loss_and_count = torch.zeros(2, dtype=torch.float64, device=runtime.device)
     for images, masks, _ in batches.iterate():
         logits = predict_logits(model, images, runtime)
         matrix.update(logits.argmax(dim=1), masks)
         if loss_fn is not None:
-            total_loss += float(loss_fn(logits, masks)) * images.shape[0]
-            count += images.shape[0]
+            loss_and_count += torch.stack([loss_fn(logits, masks).double() * images.shape[0],
+                                           torch.tensor(float(images.shape[0]), dtype=torch.float64, device=runtime.device)])
     matrix.all_reduce()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(loss_and_count)
+    total_loss, count = loss_and_count.tolist()
     return matrix, (total_loss / count if count else None)
 
 

@@ -45,12 +45,19 @@ def random_affine(params: AugmentParams, n: int, generator: torch.Generator) -> 
 
 
 def augment_batch(
-    images: torch.Tensor, masks: torch.Tensor, params: AugmentParams, ignore_index: int, generator: torch.Generator
+    images: torch.Tensor, masks: torch.Tensor, params: AugmentParams, ignore_index: int, generator: torch.Generator,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment float images (N,C,H,W) and integer masks (N,H,W) with the same warp."""
+    """Augment float images (N,C,H,W) and integer masks (N,H,W) with the same warp.
+
+    Under DDP, `shard` (rank, processes) says which part of the global batch these
+    images are: the warps of the whole batch are drawn and this part's are used, so
+    the result does not depend on how many processes share the batch."""
     if is_identity(params):
         return images, masks
-    theta = random_affine(params, images.shape[0], generator).to(images.device)
+    rank, processes = shard
+    n = images.shape[0]
+    theta = random_affine(params, n * processes, generator)[rank * n : (rank + 1) * n].to(images.device)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # Shift labels by one so that the zero padding of grid_sample marks "outside".

@@ -142,7 +142,20 @@ class ProcessedSplit:
         if shape is not None:  # one fancy-indexing copy from the memory map
             h, w = shape
             return (self.pixels.reshape(len(self), h, w, 3)[index], self.labels.reshape(len(self), h, w)[index])
-        return np.stack([self.image(i) for i in index]), np.stack([self.mask(i) for i in index])
+        stack = np.stack
+        if not isinstance(self.pixels, np.ndarray):  # on a device (see on_device)
+            import torch
+
+            stack = torch.stack
+        return stack([self.image(i) for i in index]), stack([self.mask(i) for i in index])
+
+    def on_device(self, device) -> "ProcessedSplit":
+        """The same split with its pixels as torch tensors on `device` (a GPU that holds it whole)."""
+        import torch
+
+        as_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device)  # noqa: E731
+        return ProcessedSplit(self.name, as_tensor(self.pixels), as_tensor(self.labels), self.shapes, self.ids,
+                              None if self.native_labels is None else as_tensor(self.native_labels), self.native_shapes)
 
     def save(self, root: Path) -> None:
         """Write the split (for small, in-memory splits such as tests build)."""
