@@ -1,6 +1,7 @@
 """`segpipe`: what users do outside the DVC graph.
 
-    segpipe predict IMAGE [IMAGE ...] [--model models/model.pt] [--out predictions]
+    segpipe predict IMAGE|FOLDER|GLOB ... [--model models/model.pt] [--out predictions] [--probabilities]
+    segpipe export [--model models/model.pt] [--out models/model.onnx] [--samples IMAGE ...]
     segpipe compare [--sort test_miou] [--params ...] [--metrics ...] [--baseline RUN_ID] [--out runs.csv|runs.md]
 """
 
@@ -10,51 +11,32 @@ import argparse
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from segpipe.compare import DEFAULT_METRICS, DEFAULT_PARAMS
 from segpipe.config import SegpipeConfigError
 from segpipe.errors import SegpipeError
 
 
-def predict_files(model_path: Path, images: list[Path], out_dir: Path, device: str) -> list[Path]:
-    """Write <stem>_mask.png (class indices, palette PNG) and <stem>_overlay.png for each image.
+def predict_images_command(args) -> int:
+    from segpipe.predict import predict_images
 
-    Each image is brought to the working resolution the model was trained at
-    (the same rule as preprocess), and the predicted logits are resized back, so
-    the mask matches the input exactly."""
-    import torch
-    from torch.nn import functional as F
+    run = predict_images(args.model, args.images, args.out, args.device, args.window, args.overlap, args.batch_size,
+                         args.probabilities)
+    for path in run.written:
+        print(path)
+    if run.failed:
+        print(f"error: {len(run.failed)} input(s) could not be predicted (the others were):", file=sys.stderr)
+        for failure in run.failed:
+            print(f"  {failure.error}", file=sys.stderr)
+        return 2
+    return 0
 
-    from segpipe.checkpoint import load_model_checkpoint
-    from segpipe.data.augment import to_float_images
-    from segpipe.data.images import read_rgb, resize_rgb
-    from segpipe.data.resolution import Resize
-    from segpipe.device import runtime_for
-    from segpipe.engine import predict_logits
-    from segpipe.overlay import PALETTE, overlay
 
-    checkpoint = load_model_checkpoint(model_path)
-    resize = Resize(**checkpoint.data.resize)
-    runtime = runtime_for(device, amp=True, channels_last=True)
-    model = checkpoint.build_model(runtime.device, model_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in images:
-        original = read_rgb(path)
-        working = resize_rgb(original, *resize.shape_for(*original.shape[:2]))
-        batch = to_float_images(torch.from_numpy(working.copy())[None].to(runtime.device), checkpoint.data.mean,
-                                checkpoint.data.std)
-        logits = predict_logits(model, batch, runtime)
-        logits = F.interpolate(logits, size=original.shape[:2], mode="bilinear", align_corners=False)
-        mask = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-        mask_image = Image.fromarray(mask, mode="P")
-        mask_image.putpalette(PALETTE.reshape(-1).tolist())
-        mask_path, overlay_path = out_dir / f"{path.stem}_mask.png", out_dir / f"{path.stem}_overlay.png"
-        mask_image.save(mask_path)
-        Image.fromarray(overlay(original, mask)).save(overlay_path)
-        written += [mask_path, overlay_path]
-    return written
+def export_onnx_command(args) -> None:
+    from segpipe.export import ATOL, RTOL, export_onnx
+
+    report = export_onnx(args.model, args.out, args.samples, atol=ATOL if args.atol is None else args.atol,
+                         rtol=RTOL if args.rtol is None else args.rtol)
+    print(report.summary())
 
 
 def compare_runs(args) -> None:
@@ -86,10 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="segpipe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser("predict", help="segment new images with a trained model")
-    predict.add_argument("images", nargs="+", type=Path)
+    predict.add_argument("images", nargs="+", help="image files, folders (the images directly inside) or quoted globs "
+                                                   "('photos/**/*.jpg')")
     predict.add_argument("--model", type=Path, default=Path("models/model.pt"))
     predict.add_argument("--out", type=Path, default=Path("predictions"))
     predict.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    predict.add_argument("--probabilities", action="store_true", help="also write one probability map per class")
+    predict.add_argument("--window", default="auto", help="sliding window at the working resolution: auto (the training "
+                         "input's size, for images more than twice as large), none (always whole), or HxW")
+    predict.add_argument("--overlap", type=float, default=0.5, help="fraction by which windows overlap (default 0.5)")
+    predict.add_argument("--batch-size", type=int, default=8, help="images or windows per forward pass")
+    export = commands.add_parser("export", help="write the model as ONNX, checked against PyTorch")
+    export.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    export.add_argument("--out", type=Path, default=Path("models/model.onnx"))
+    export.add_argument("--samples", nargs="*", type=Path, default=[],
+                        help="images to check ONNX Runtime against PyTorch on (default: random images of three sizes)")
+    export.add_argument("--atol", type=float, default=None, help="absolute tolerance on logits (default 1e-4)")
+    export.add_argument("--rtol", type=float, default=None, help="relative tolerance on logits (default 1e-4)")
     compare = commands.add_parser("compare", help="leaderboard of the MLflow experiment's runs")
     compare.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment in params.yaml)")
     compare.add_argument("--params", nargs="*", default=DEFAULT_PARAMS, help="params to show (dotted keys)")
@@ -102,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "predict":
-            for path in predict_files(args.model, args.images, args.out, args.device):
-                print(path)
+            return predict_images_command(args)
+        elif args.command == "export":
+            export_onnx_command(args)
         elif args.command == "compare":
             compare_runs(args)
     except (SegpipeError, SegpipeConfigError) as exc:

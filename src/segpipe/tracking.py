@@ -329,21 +329,32 @@ class TrainingRun(Tracking):
             dataset = MetaDataset(source, name=name, digest=digest.removesuffix(".dir") if digest else None)
             self.mlflow.log_input(dataset, context="training")
 
-    def log_model(self, model, example, registered_name: str | None) -> None:
+    def log_model(self, model, example, registered_name: str | None, metadata: dict | None = None) -> None:
         """Log the model as a torch.export (pt2) program: it loads without segpipe
-        installed and without unpickling code. Export needs a real input, so the
-        example is a batch at the training size, and the signature comes from it."""
+        installed and without unpickling code, and takes batches of any size, height
+        and width (sides above the model's stride), as `segpipe predict` feeds it.
+        `example` is a normalised batch at the training size; export traces it, padded
+        where it is too small to generalise from (see export.export_example).
+        `metadata` (export.model_metadata: classes, ignore label, working resolution,
+        normalisation) is stored in the MLmodel file beside the program."""
         with self.guard("logging the model"):
             if not self.active:
                 return
+            import numpy as np
             import torch
-            from mlflow.models import infer_signature
+            from mlflow.models import ModelSignature
+            from mlflow.types import Schema, TensorSpec
+
+            from segpipe.export import export_example, feature_stride
 
             model = model.to("cpu").eval()
-            with torch.inference_mode():
-                output = model(torch.from_numpy(example)).numpy()
+            example = export_example(model, example)
+            # -1: MLflow exports these dimensions as dynamic, and serving accepts any value there.
+            signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], -1, -1))]),
+                                       outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.num_classes, -1, -1))]))
+            metadata = {**(metadata or {}), "min_input_side": feature_stride(model) + 1}
             self.mlflow.pytorch.log_model(
-                model, name="model", input_example=example, signature=infer_signature(example, output),
+                model, name="model", input_example=example, signature=signature, metadata=metadata,
                 serialization_format="pt2", registered_model_name=registered_name,
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )

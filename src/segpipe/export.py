@@ -1,0 +1,174 @@
+"""Taking a trained model out of segpipe: ONNX (`segpipe export`), and the
+torch.export program that training logs to MLflow (tracking.TrainingRun.log_model).
+
+Both carry the metadata a user needs to prepare the input and read the output
+(model_metadata): class names, ignore label, the working-resolution rule and
+normalisation. Both take any batch size, height and width: the models are fully
+convolutional and upsample bilinearly to their input's size. torch.export,
+which both exporters trace with, fixes every size that is 1 in the example, so
+the example has two images or more and sides larger than the model's total
+stride (feature_stride).
+
+The ONNX file is written only after ONNX Runtime has reproduced PyTorch's logits
+on sample inputs within the stated tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from segpipe.atomic import atomic_file
+from segpipe.checkpoint import ModelCheckpoint, load_model_checkpoint
+from segpipe.errors import SegpipeError
+from segpipe.inference import feature_stride, model_input
+
+# The opset torch 2.14's ONNX exporter (dynamo=True) writes natively, without a
+# version conversion; ONNX Runtime runs it from 1.14 on, TensorRT from 8.6.
+ONNX_OPSET = 18
+# Logits from ONNX Runtime and from PyTorch (float32, CPU) must agree to within
+# |onnx - torch| <= ATOL + RTOL * |torch| everywhere; they differ by ~1e-7 in practice.
+ATOL, RTOL = 1e-4, 1e-4
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def model_metadata(checkpoint: ModelCheckpoint) -> dict:
+    """What must travel with an exported model for anyone to use it correctly."""
+    data = checkpoint.data
+    return {
+        "model": checkpoint.spec.name,
+        "classes": list(data.classes),
+        "ignore_index": data.ignore_index,
+        "resize": dict(data.resize),
+        "training_input_shape": list(checkpoint.input_shape),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "input": f"{INPUT_NAME}: float32 (N, 3, H, W), RGB at the working resolution (resize: shorter_side/longer_side "
+                 "scale that side to `to`, factor scales by `to`, exact is [height, width]; bilinear), divided by 255, "
+                 "then (x - mean) / std per channel",
+        "output": f"{OUTPUT_NAME}: float32 (N, classes, H, W); resize bilinearly to the photo's size, then argmax over "
+                  "classes is the mask (class index per pixel)",
+    }
+
+
+def export_example(model: torch.nn.Module, example: np.ndarray) -> np.ndarray:
+    """A batch torch.export generalises from: at least two images, each side above the
+    model's stride. A smaller example is padded by repeating its edge pixels."""
+    batch = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
+    if batch.shape[0] < 2:
+        batch = torch.cat([batch, batch])[:2]
+    side = feature_stride(model) + 1
+    pad_h, pad_w = max(0, side - batch.shape[2]), max(0, side - batch.shape[3])
+    if pad_h or pad_w:
+        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="replicate")
+    return batch.numpy()
+
+
+def sample_inputs(checkpoint: ModelCheckpoint, model: torch.nn.Module, images: list[Path]) -> list[np.ndarray]:
+    """Inputs to compare runtimes on: the given photos at their working resolution, or
+    random photos at the training size and two other sizes (a batch of two among them)."""
+    from segpipe.data.images import read_rgb
+    from segpipe.data.resolution import Resize
+
+    if images:
+        resize = Resize(**checkpoint.data.resize)
+        photos = [read_rgb(path) for path in images]
+        return [model_input([photo], resize.shape_for(*photo.shape[:2]), checkpoint.data).numpy() for photo in photos]
+    h, w = checkpoint.input_shape
+    stride = feature_stride(model)
+    generator = np.random.default_rng(0)
+    shapes = [(1, h, w), (2, h + stride + 3, w + 2 * stride + 5), (1, 3 * h + 1, max(w // 2, stride + 1))]
+    return [model_input(list(generator.integers(0, 256, (n, sh, sw, 3), dtype=np.uint8)), (sh, sw), checkpoint.data).numpy()
+            for n, sh, sw in shapes]
+
+
+def onnx_model(model: torch.nn.Module, example: np.ndarray, metadata: dict):
+    """The ModelProto, dynamic in batch, height and width, metadata in metadata_props (JSON values)."""
+    from torch.export import Dim
+
+    side = feature_stride(model) + 1
+    dynamic = ({0: Dim("batch", min=1), 2: Dim("height", min=side), 3: Dim("width", min=side)},)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
+        program = torch.onnx.export(model, (torch.from_numpy(export_example(model, example)),), dynamo=True,
+                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic,
+                                    opset_version=ONNX_OPSET, verbose=False)
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    return proto
+
+
+def onnx_session(model_bytes: bytes):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    return onnxruntime.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+@torch.inference_mode()
+def check_parity(model: torch.nn.Module, session, inputs: list[np.ndarray], atol: float, rtol: float, target: Path) -> float:
+    """The largest |ONNX Runtime - PyTorch| over the inputs; a SegpipeError naming the
+    input and the tolerance when any logit is outside it."""
+    largest = 0.0
+    for batch in inputs:
+        expected = model(torch.from_numpy(batch)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        if got.shape != expected.shape:
+            raise SegpipeError(f"{target}: ONNX Runtime returned logits of shape {got.shape} for input {batch.shape}, "
+                               f"PyTorch {expected.shape}; the file was not written")
+        difference = np.abs(got - expected)
+        largest = max(largest, float(difference.max()))
+        if not np.all(difference <= atol + rtol * np.abs(expected)):
+            raise SegpipeError(
+                f"{target}: ONNX Runtime's logits differ from PyTorch's by up to {float(difference.max()):.3g} on an input "
+                f"of shape {tuple(batch.shape)}, outside the tolerance (atol={atol:g}, rtol={rtol:g}); the file was not "
+                "written. Check the installed onnxruntime and onnxscript versions, or widen --atol/--rtol if the "
+                "difference is acceptable for this model")
+    return largest
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    path: Path
+    opset: int
+    checked_shapes: list[tuple[int, ...]]
+    max_abs_difference: float
+    atol: float
+    rtol: float
+
+    def summary(self) -> str:
+        shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
+        return (f"written: {self.path} (ONNX opset {self.opset}; input {INPUT_NAME} (batch, 3, height, width), dynamic)\n"
+                f"checked: ONNX Runtime matches PyTorch on inputs {shapes}: largest logit difference "
+                f"{self.max_abs_difference:.2g} (tolerance atol={self.atol:g}, rtol={self.rtol:g})")
+
+
+def export_onnx(model_path: Path, out_path: Path, samples: list[Path] | None = None, atol: float = ATOL,
+                rtol: float = RTOL) -> OnnxExport:
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise SegpipeError(f"segpipe export needs onnx, onnxscript and onnxruntime ({exc}); "
+                           "pip install onnx onnxscript onnxruntime") from None
+    checkpoint = load_model_checkpoint(model_path)
+    model = checkpoint.build_model("cpu", model_path)
+    inputs = sample_inputs(checkpoint, model, samples or [])
+    proto = onnx_model(model, inputs[0], model_metadata(checkpoint))
+    model_bytes = proto.SerializeToString()
+    largest = check_parity(model, onnx_session(model_bytes), inputs, atol, rtol, out_path)
+    try:
+        with atomic_file(out_path, "wb") as handle:
+            handle.write(model_bytes)
+    except OSError as exc:
+        raise SegpipeError(f"{out_path}: cannot write ({exc}); choose another --out") from None
+    return OnnxExport(out_path, ONNX_OPSET, [tuple(b.shape) for b in inputs], largest, atol, rtol)
