@@ -13,16 +13,18 @@ import torch
 
 from segpipe.atomic import atomic_file, write_json
 from segpipe.checkpoint import ModelCheckpoint, ResumeState
-from segpipe.config import flatten, params_digest
+from segpipe.config import params_digest
 from segpipe.data.processed import DatasetInfo, ProcessedSplit, read_summary
 from segpipe.device import runtime_for
 from segpipe.engine import Batches, TrainingDiverged, evaluate, seed_everything, train_one_epoch
 from segpipe.errors import SegpipeError
 from segpipe.losses import LOSSES, create_loss, resolve_class_weights
 from segpipe.metrics import scores
+from segpipe.mlflow_metrics import epoch_metrics, training_summary_metrics
 from segpipe.models import MODELS, apply_weights, create_model, spec_for
 from segpipe.optim import build_optimizer, build_scheduler
 from segpipe.resume import discard, previous_training, random_states, restore_random_states, training_fingerprint
+from segpipe.run_params import loggable_params, what_changed
 from segpipe.stage import (
     BEST_MODEL, PROCESSED_DIR, PROJECT_ROOT, RESUME_DIR, RESUME_STATE, RUN_LINK, TRAIN_HISTORY, TRAIN_METRICS,
     print_summary, run_stage, stage_params, warn,
@@ -94,8 +96,10 @@ def main() -> None:
     run_name = state.mlflow_run_name if state else new_run_name(params.model.name, info.dataset)
     earlier_seconds, started = (state.started if state else 0.0), time.perf_counter()
 
-    tags = lineage_tags(PROJECT_ROOT, params_digest(params)) | {"dataset": info.dataset, "model": params.model.name}
-    run = TrainingRun(params.mlflow.experiment, flatten(params), tags, params.mlflow.required, run_name,
+    # MLflow shows mlflow.note.content as the run's description: what this run changed.
+    tags = lineage_tags(PROJECT_ROOT, params_digest(params)) | {"dataset": info.dataset, "model": params.model.name,
+                                                                 "mlflow.note.content": what_changed(params, PROJECT_ROOT)}
+    run = TrainingRun(params.mlflow.experiment, loggable_params(params), tags, params.mlflow.required, run_name,
                       resume_run_id=state.mlflow_run_id if state else None)
 
     def save_state(epoch: int) -> None:
@@ -111,7 +115,7 @@ def main() -> None:
         logged = run.logged_steps("train_loss")
         for row in history:  # epochs whose metrics the interrupted run did not get to log
             if row["epoch"] not in logged:
-                run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                run.log_metrics(epoch_metrics(row), step=row["epoch"])
     else:
         run.log_dataset(info.dataset, PROCESSED_DIR, tags.get("data_processed_dvc_md5"))
         save_state(0)
@@ -134,7 +138,7 @@ def main() -> None:
                 weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best = ModelCheckpoint(spec, weights, info, tuple(input_shape), epoch, val)
             save_state(epoch)  # before logging: a crash in between re-logs on resume instead of losing the epoch
-            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            run.log_metrics(epoch_metrics(row), step=epoch)
             print(describe(row, params.train.epochs), flush=True)
     except TrainingDiverged as exc:
         run.finish("FAILED")
@@ -167,7 +171,7 @@ def main() -> None:
         "device": str(runtime.device),
         "resumed": state is not None,
     }
-    run.log_metrics({"best_val_miou": summary["best_val_miou"], "train_seconds": summary["seconds"]})
+    run.log_metrics(training_summary_metrics(summary["best_val_miou"], summary["seconds"]))
     example = next(val_batches.iterate()).images[:2].float().cpu().contiguous().numpy()
     run.log_model(best.build_model(), example, params.mlflow.register_model)
     write_json(TRAIN_METRICS, summary)

@@ -58,13 +58,21 @@ def test_every_stage_ran_and_wrote_its_outputs(baseline):
     evaluation = read_json(baseline / "metrics/eval.json")
     for key in ("miou", "f1", "pixel_accuracy", "mean_class_accuracy"):
         assert 0.0 <= evaluation[key] <= 1.0
-    assert evaluation["resolution"].startswith("native")
-    assert set(evaluation["per_class"]) == set(manifest["classes"])
+    assert set(evaluation["working_resolution"]) == {"miou", "f1", "pixel_accuracy", "mean_class_accuracy"}
+    assert "per_class" not in evaluation and evaluation["test_images"] == summary["counts"]["test"]
+    per_class = read_json(baseline / "metrics/per_class.json")
+    assert [c["class"] for c in per_class] == manifest["classes"]
 
     confusion = read_json(baseline / "metrics/confusion_matrix.json")
     matrix = np.array(confusion["matrix"])
     assert matrix.sum() == summary["counts"]["test"] * SIDE * SIDE
     assert evaluation["pixel_accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum(), abs=1e-6)
+    assert [c["pixels"] for c in per_class] == matrix.sum(axis=1).tolist()
+    with np.load(baseline / "metrics/per_image.npz") as per_image:
+        assert per_image["matrices"].shape == (summary["counts"]["test"], 4, 4)
+        assert (per_image["matrices"].sum(axis=0) == matrix).all()
+    # Per-image results live in DVC's cache, not in git.
+    assert "/per_image.npz" in (baseline / "metrics/.gitignore").read_text().split()
 
     training = read_json(baseline / "metrics/train.json")
     assert training["epochs"] == 1 and training["train_images_per_second"] > 0 and training["resumed"] is False
@@ -72,7 +80,10 @@ def test_every_stage_ran_and_wrote_its_outputs(baseline):
     assert history[0].startswith("epoch,train_loss,val_loss,val_miou") and len(history) == 2
 
     html = (baseline / "reports/report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "test mIoU" in html
+    # Curves, confusion matrix, and the best and the worst test image (report.num_examples: 2).
+    assert html.count("data:image/png;base64,") == 4 and "test mIoU" in html
+    assert sorted(p.name for p in (baseline / "reports/predictions").iterdir()) == [f"{i}.png" for i in read_json(
+        baseline / "data/processed/test/ids.json")[:2]]
     assert f"{evaluation['miou']:.4f}" in html
 
 
@@ -93,7 +104,8 @@ def test_train_evaluate_and_report_are_one_named_mlflow_run_with_honest_lineage(
     evaluation = read_json(baseline / "metrics/eval.json")
     assert mlrun.data.metrics["test_miou"] == pytest.approx(evaluation["miou"])
     assert mlrun.data.metrics["test_pixel_accuracy"] == pytest.approx(evaluation["pixel_accuracy"])
-    assert mlrun.data.metrics["test_iou_background"] == pytest.approx(evaluation["per_class"]["background"]["iou"])
+    per_class = {c["class"]: c for c in read_json(baseline / "metrics/per_class.json")}
+    assert mlrun.data.metrics["test_per_class/iou_background"] == pytest.approx(per_class["background"]["iou"])
     assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "train_loss")] == [1]
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "report")}
     assert {"report/report.html", "report/report.md"} <= artifacts

@@ -1,131 +1,222 @@
-"""Figures and the report: reports/report.md (figures beside it) and a
-self-contained reports/report.html (figures embedded), from the files the
-earlier stages wrote."""
+"""The report as a document: sections of text, tables and figures, rendered twice,
+as reports/report.md (figures beside it) and as a self-contained
+reports/report.html (figures embedded, no script, no link off the page), so
+that it opens anywhere with no network.
+
+The section builders take what the earlier stages wrote (metrics/, the
+processed data's summary.json) and format it; they compute nothing that a
+metrics file does not already hold, apart from the bootstrap intervals they
+are given.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from segpipe.overlay import PALETTE, overlay  # noqa: E402
+from segpipe.bootstrap import Interval
+from segpipe.errors import shortlist
+from segpipe.figures import Figure
+from segpipe.run_history import ComparedRun
+from segpipe.run_params import ParamChange, Reference
 
 
 @dataclass(frozen=True)
-class Figure:
-    name: str
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    strong_rows: frozenset[int] = frozenset()   # rows to stand out (the best run)
+
+
+Block = Text | Table | Figure
+
+
+@dataclass(frozen=True)
+class Section:
     title: str
-    png: bytes
+    blocks: list[Block] = field(default_factory=list)
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def training_curves(history: list[dict]) -> Figure:
-    epochs = [int(r["epoch"]) for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    left.plot(epochs, [float(r["train_loss"]) for r in history], label="train loss")
-    left.plot(epochs, [float(r["val_loss"]) for r in history], label="validation loss")
-    left.set_xlabel("epoch"), left.legend(), left.set_title("loss")
-    right.plot(epochs, [float(r["val_miou"] or 0) for r in history], label="validation mIoU")
-    right.plot(epochs, [float(r["val_pixel_accuracy"] or 0) for r in history], label="validation pixel accuracy")
-    right.set_xlabel("epoch"), right.set_ylim(0, 1), right.legend(), right.set_title("validation")
-    return Figure("training_curves", "Training curves", _png(fig))
-
-
-def confusion_figure(matrix: np.ndarray, classes: list[str]) -> Figure:
-    counts = np.asarray(matrix, dtype=np.float64)
-    # Row-normalised: each row shows where the pixels of one true class went.
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = 1.2 + 0.7 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(rates, vmin=0, vmax=1, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted"), ax.set_ylabel("true")
-    if len(classes) <= 12:
-        for i in range(len(classes)):
-            for j in range(len(classes)):
-                ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center",
-                        color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_title("Confusion matrix (rows sum to 1)")
-    return Figure("confusion_matrix", "Confusion matrix", _png(fig))
-
-
-def prediction_grid(images: np.ndarray, masks: np.ndarray, predictions: np.ndarray, ids: list[str], classes: list[str]) -> Figure:
-    rows = len(images)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), squeeze=False)
-    for row in range(rows):
-        panels = [(images[row], f"{ids[row]}"), (overlay(images[row], masks[row]), "truth"),
-                  (overlay(images[row], predictions[row]), "prediction")]
-        for col, (panel, title) in enumerate(panels):
-            axes[row, col].imshow(panel, interpolation="nearest")
-            axes[row, col].set_title(title, fontsize=9)
-            axes[row, col].axis("off")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[i] / 255) for i in range(len(classes))]
-    fig.legend(handles, classes, loc="lower center", ncol=min(len(classes), 6), frameon=False)
-    fig.subplots_adjust(bottom=0.6 / rows)
-    return Figure("test_predictions", "Test predictions", _png(fig))
-
-
-def _fmt(value) -> str:
+def fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _headline_rows(evaluation: dict, training: dict) -> list[tuple[str, str]]:
-    return [
-        ("test mIoU", _fmt(evaluation["miou"])),
-        ("test F1 (Dice)", _fmt(evaluation["f1"])),
-        ("test pixel accuracy", _fmt(evaluation["pixel_accuracy"])),
-        ("test mean class accuracy", _fmt(evaluation["mean_class_accuracy"])),
-        ("best validation mIoU", _fmt(training["best_val_miou"])),
-        ("epochs", str(training["epochs"])),
-        ("training time", f"{training['seconds']:.1f} s"),
-        ("training throughput", f"{training['train_images_per_second']:.1f} images/s on {training['device']}"),
+def _interval(interval: Interval | None) -> str:
+    return "n/a" if interval is None else f"{interval.low:.4f} – {interval.high:.4f}"
+
+
+HEADLINE_NAMES = {"miou": "test mIoU", "f1": "test F1 (Dice)", "pixel_accuracy": "test pixel accuracy",
+                  "mean_class_accuracy": "test mean class accuracy"}
+
+
+def headline_section(evaluation: dict, training: dict, intervals: dict[str, Interval | None], samples: int) -> Section:
+    with_ci = bool(intervals)
+    rows = [[label, fmt(evaluation[key]), *([_interval(intervals.get(key))] if with_ci else [])]
+            for key, label in HEADLINE_NAMES.items()]
+    working = evaluation.get("working_resolution", {})
+    blank = [""] if with_ci else []
+    rows += [
+        ["test mIoU at the working resolution", fmt(working.get("miou")), *blank],
+        ["best validation mIoU", fmt(training["best_val_miou"]), *blank],
+        ["epochs (best)", f"{training['epochs']} ({training['best_epoch']})", *blank],
+        ["training time", f"{training['seconds']:.1f} s", *blank],
+        ["training throughput", f"{training['train_images_per_second']:.1f} images/s on {training['device']}", *blank],
     ]
+    images = evaluation["test_images"]
+    note = (f"Scored on {images} test images, each against its mask at its original resolution. The 95% confidence "
+            f"intervals come from {samples} bootstrap resamples of the test images (with replacement), each scored from "
+            "its summed confusion matrix." if with_ci else
+            f"Scored on {images} test images, each against its mask at its original resolution. No confidence intervals: "
+            "report.bootstrap_samples is 0.")
+    return Section("Headline", [Table(["metric", "value", *(["95% CI"] if with_ci else [])], rows), Text(note)])
 
 
-def render_markdown(title: str, evaluation: dict, training: dict, figures: list[Figure], figure_dir: str) -> str:
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in _headline_rows(evaluation, training)]
-    lines += ["", "## Per class", "", "| class | IoU | F1 | accuracy |", "|---|---|---|---|"]
-    for name, s in evaluation["per_class"].items():
-        lines.append(f"| {name} | {_fmt(s['iou'])} | {_fmt(s['f1'])} | {_fmt(s['accuracy'])} |")
-    for figure in figures:
-        lines += ["", f"## {figure.title}", "", f"![{figure.title}]({figure_dir}/{figure.name}.png)"]
+def per_class_section(per_class: list[dict], summary: dict) -> Section:
+    train_pixels = summary["class_pixels"].get("train", {})
+    labelled = max(1, sum(train_pixels.values()))
+    rows = [[r["class"], fmt(r["iou"]), fmt(r["f1"]), fmt(r["accuracy"]), f"{r['pixels']:,}",
+             f"{train_pixels.get(r['class'], 0) / labelled:.1%}"] for r in per_class]
+    return Section("Per class", [Table(["class", "IoU", "F1", "accuracy", "test pixels", "share of training pixels"], rows)])
+
+
+def examples_section(best: Figure | None, worst: Figure | None) -> Section:
+    blocks: list[Block] = [f for f in (best, worst) if f is not None]
+    if not blocks:
+        return Section("Test images", [Text("No examples: report.num_examples is 0.")])
+    return Section("Best and worst test images by mIoU", [
+        Text("Each image's own mIoU, over the classes present in its mask or its prediction; overlays at the working "
+             "resolution."), *blocks])
+
+
+def dataset_section(summary: dict) -> Section:
+    classes, counts = summary["classes"], summary["counts"]
+    splits = list(counts)
+    balance = [[name, *(f"{summary['class_pixels'][s].get(name, 0):,}" for s in splits),
+                f"{summary['class_frequency'].get(name, 0.0):.1%}"] for name in classes]  # of every split's pixels
+    blocks: list[Block] = [
+        Text(f"Dataset {summary['dataset']}: {sum(counts.values())} images, "
+             + ", ".join(f"{counts[s]} {s}" for s in splits)
+             + f"; resized by {summary['resize']['by']} to {summary['resize']['to']}."),
+        Table(["class", *(f"{s} pixels" for s in splits), "share of all labelled pixels"], balance),
+    ]
+    rejected, leaks = summary.get("rejected", []), summary.get("leaks", [])
+    shown_rejected = shortlist([f"{r['id']}: {r['reason']}" for r in rejected], 5, "; ")
+    blocks.append(Text(f"Rejected files: {len(rejected)}" + (f" ({shown_rejected})." if rejected else ".")))
+    shown_leaks = shortlist([" = ".join(f"{i} ({s})" for i, s in zip(leak["ids"], leak["splits"])) for leak in leaks], 5, "; ")
+    blocks.append(Text(f"Images found in more than one split (leaks): {len(leaks)}"
+                       + (f" ({shown_leaks}); test scores may be inflated." if leaks else ".")))
+    return Section("Dataset", blocks)
+
+
+def lineage_section(tags: dict[str, str], run_link: dict | None, results_run_id: str | None,
+                    reference: Reference | None, changes: list[ParamChange]) -> Section:
+    commit = tags.get("git_commit", "unknown")
+    dirty = {"true": " (with uncommitted changes to code or params)", "false": ""}.get(tags.get("git_dirty", ""), "")
+    rows = [["git commit", commit + dirty]]
+    if tags.get("dvc_exp_name"):
+        rows.append(["DVC experiment", f"{tags['dvc_exp_name']} (baseline {tags.get('dvc_exp_baseline_rev', '?')[:8]})"])
+    trained_in = run_link.get("run_id") if run_link else None
+    if trained_in:
+        rows.append(["MLflow run (training)", f"{trained_in} ({run_link.get('run_name', '')})"])
+    if results_run_id and results_run_id != trained_in:
+        rows.append(["MLflow run (these results)", results_run_id])
+    if not trained_in and not results_run_id:
+        rows.append(["MLflow run", "none: tracking was off or unreachable (mlflow.required: false)"])
+    blocks: list[Block] = [Table(["", ""], rows)]
+    if reference is None:
+        blocks.append(Text("No committed params.yaml to compare the params with (not a git repository, or nothing "
+                           "committed yet)."))
+    elif not changes:
+        blocks.append(Text(f"Params: the same as {reference.what} (commit {reference.short})."))
+    else:
+        blocks.append(Text(f"Params that differ from {reference.what} (commit {reference.short}):"))
+        blocks.append(Table(["param", f"at {reference.short}", "this run"],
+                            [[c.key, str(c.before), str(c.after)] for c in changes]))
+    return Section("This run", blocks)
+
+
+def history_section(experiment: str, compared: list[ComparedRun] | None) -> Section:
+    title = f"Runs of the MLflow experiment {experiment}"
+    if compared is None:
+        return Section(title, [Text("MLflow tracking was not active for this report (mlflow.required: false and the "
+                                    "store unreachable), so earlier runs could not be read.")])
+    if not compared:
+        return Section(title, [Text("No run of this experiment has test scores yet.")])
+    rows, strong = [], set()
+    for k, c in enumerate(compared):
+        marks = [m for m, on in (("best", c.is_best), ("this run", c.is_current)) if on]
+        rows.append([("★ " if c.is_best else "") + c.run.name, c.run.started, c.run.git_commit[:8],
+                     fmt(c.run.metrics.get("test_miou")), fmt(c.run.metrics.get("test_f1")),
+                     ", ".join(marks), ", ".join(c.differences)])
+        if c.is_best:
+            strong.add(k)
+    return Section(title, [
+        Text("Newest first; ★ marks the best test mIoU. The last column lists the params in which a run differs from "
+             "this one."),
+        Table(["run", "started", "commit", "test mIoU", "test F1", "", "differs in"], rows, frozenset(strong))])
+
+
+def figure_section(figure: Figure) -> Section:
+    return Section(figure.title, [figure])
+
+
+# --- rendering -------------------------------------------------------------------------
+
+
+def _md_cell(value: str) -> str:
+    return value.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, sections: list[Section], figure_dir: str) -> str:
+    lines = [f"# {title}"]
+    for section in sections:
+        lines += ["", f"## {section.title}"]
+        for block in section.blocks:
+            lines.append("")
+            if isinstance(block, Text):
+                lines.append(block.text)
+            elif isinstance(block, Table):
+                lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
+                lines.append("|" + "---|" * len(block.header))
+                for k, row in enumerate(block.rows):
+                    cells = [_md_cell(c) for c in row]
+                    if k in block.strong_rows:
+                        cells = [f"**{c}**" if c else c for c in cells]
+                    lines.append("| " + " | ".join(cells) + " |")
+            else:
+                lines.append(f"![{block.title}]({figure_dir}/{block.name}.png)")
     return "\n".join(lines) + "\n"
 
 
-def render_html(title: str, evaluation: dict, training: dict, figures: list[Figure]) -> str:
-    def table(header: list[str], rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _html_block(block: Block) -> str:
+    if isinstance(block, Text):
+        return f"<p>{html.escape(block.text)}</p>"
+    if isinstance(block, Table):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header) if any(block.header) else ""
+        strong = ' class="strong"'
+        body = "".join(
+            f"<tr{strong if k in block.strong_rows else ''}>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for k, row in enumerate(block.rows))
+        return f"<table>{f'<thead><tr>{head}</tr></thead>' if head else ''}<tbody>{body}</tbody></table>"
+    data = base64.b64encode(block.png).decode("ascii")
+    return f'<img alt="{html.escape(block.title)}" src="data:image/png;base64,{data}">'
 
-    per_class = [[name, _fmt(s["iou"]), _fmt(s["f1"]), _fmt(s["accuracy"])] for name, s in evaluation["per_class"].items()]
-    sections = [
-        f"<h1>{html.escape(title)}</h1>",
-        table(["metric", "value"], [list(r) for r in _headline_rows(evaluation, training)]),
-        "<h2>Per class</h2>",
-        table(["class", "IoU", "F1", "accuracy"], per_class),
-    ]
-    for figure in figures:
-        data = base64.b64encode(figure.png).decode("ascii")
-        sections += [f"<h2>{html.escape(figure.title)}</h2>", f'<img alt="{html.escape(figure.title)}" src="data:image/png;base64,{data}">']
-    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
-             "img{max-width:100%}")
+
+STYLE = ("body{font-family:sans-serif;max-width:1040px;margin:2em auto;color:#222}"
+         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+         "tr.strong td{font-weight:bold;background:#fff6d5}img{max-width:100%;display:block;margin:1em 0}")
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        body += [_html_block(block) for block in section.blocks]
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
