@@ -137,6 +137,23 @@ def test_an_experiment_on_train_params_reruns_train_evaluate_and_report_under_it
     # The experiment's params differ from the commit, and its run says so; the baseline's did not.
     assert (original.data.tags["git_dirty"], experiment.data.tags["git_dirty"]) == ("false", "true")
     assert original.data.tags["params_sha256"] != experiment.data.tags["params_sha256"]
+    # What changed, as the run's description and in the report, against the experiment's baseline.
+    baseline_commit = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert experiment.data.tags["mlflow.note.content"] == (
+        f"Params changed against the DVC experiment's baseline (commit {baseline_commit[:8]}):\n\n- `train.epochs`: 1 → 2")
+    assert "<tr><td>train.epochs</td><td>1</td><td>2</td></tr>" in (project / "reports/report.html").read_text()
+
+    # `dvc plots diff`, offline: the experiment's curves, bars, heatmap and overlays beside the baseline's.
+    from tests.html_references import external_references
+    from tests.test_plots import with_offline_plots
+
+    with_offline_plots(project)
+    plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=project).stdout)
+    for plot_id in ("Loss", "Test IoU per class", "Test confusion matrix, rows sum to 1"):
+        assert {r["rev"] for r in plots["data"][plot_id][0]["content"]["data"]["values"]} == {"HEAD", "workspace"}
+    dvc("plots", "diff", "HEAD", "-o", str(tmp_path / "diff"), cwd=project)
+    assert external_references((tmp_path / "diff/index.html").read_text()) == []
+    assert len(list((tmp_path / "diff/static").glob("*_reports_predictions_*.png"))) == 4   # 2 images x 2 revisions
 
 
 def test_changing_the_working_resolution_gives_new_arrays_never_stale_ones(baseline, tmp_path):
@@ -212,7 +229,8 @@ def test_without_required_tracking_the_pipeline_trains_and_keeps_its_results_in_
     assert ran(result) == {"train", "evaluate", "report"}
     assert read_json(project / "metrics/eval.json")["miou"] is not None
     assert read_json(project / "models/mlflow_run.json")["run_id"] is None
-    assert (project / "reports/report.html").exists()
+    report = (project / "reports/report.html").read_text()
+    assert "MLflow tracking was not active for this report" in report and f"{read_json(project / 'metrics/eval.json')['miou']:.4f}" in report
 
 
 def test_a_copied_project_with_its_store_stops_before_writing_into_the_original(baseline, tmp_path):
