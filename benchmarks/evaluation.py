@@ -1,0 +1,81 @@
+"""Comparison 4: what the metrics cost next to inference.
+
+Three passes over the same test split, interleaved:
+
+- inference: engine.Batches and engine.predict_logits alone (batches, normalised
+  on the device, through the model): what evaluation cannot do without;
+- evaluate: engine.evaluate plus metrics.scores (validation every epoch: one
+  confusion matrix at the working resolution);
+- score_test: engine.score_test plus metrics.scores for both of its matrices (the
+  evaluate stage: every prediction upsampled to its image's native size and
+  scored against the original mask, one matrix per image).
+
+The metric share of each is its extra time over inference, per unit of inference.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from benchmarks.timing import Timings, interleaved
+from segpipe.config import Params
+from segpipe.data.processed import ProcessedSplit, read_summary
+from segpipe.device import Runtime
+from segpipe.engine import Batches, evaluate, predict_logits, score_test
+from segpipe.metrics import scores
+from segpipe.models import create_model, spec_for
+
+
+def _timed(work: Callable[[], object], runtime: Runtime) -> Callable[[], float]:
+    def run() -> float:
+        start = time.perf_counter()
+        work()
+        if runtime.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return run
+
+
+@dataclass
+class EvaluationResult:
+    device: str
+    images: int
+    timings: dict[str, Timings]
+
+    def metric_share(self, variant: str) -> float:
+        """(variant - inference) / inference, from the best repeat of each."""
+        inference = self.timings["inference"].best
+        return (self.timings[variant].best - inference) / inference
+
+
+def measure_evaluation(processed: Path, params: Params, runtime: Runtime, rounds: int) -> EvaluationResult:
+    summary = read_summary(processed)
+    classes, ignore_index = summary["classes"], summary["ignore_index"]
+    torch.manual_seed(params.train.seed)
+    model = create_model(spec_for(params.model, len(classes))).to(runtime.device).eval()
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    test = Batches(ProcessedSplit.load(processed, "test"), params.evaluate.batch_size, runtime, summary["mean"], summary["std"])
+
+    def inference() -> None:
+        for images, _, _ in test.iterate():
+            predict_logits(model, images, runtime)
+
+    def validation() -> None:
+        matrix, _ = evaluate(model, test, len(classes), ignore_index, runtime)
+        scores(matrix.numpy(), classes)
+
+    def test_scoring() -> None:
+        scored = score_test(model, test, len(classes), ignore_index, runtime)
+        scores(scored.native.numpy(), classes)
+        scores(scored.working.numpy(), classes)
+
+    variants = {"inference": _timed(inference, runtime), "evaluate": _timed(validation, runtime),
+                "score_test": _timed(test_scoring, runtime)}
+    return EvaluationResult(str(runtime.device), len(test.split), interleaved(variants, rounds))

@@ -1,0 +1,115 @@
+"""Comparison 3: preprocess throughput, and its peak memory at two dataset sizes
+ten times apart (flat, since preprocess streams samples to disk).
+
+Each size runs the project's preprocess in a fresh Python process, as the DVC
+stage does, and the peaks come from the child's own /proc/self/status:
+
+- its peak resident set size since it started (VmHWM, imports included);
+- the peak while preprocess() ran, over what the child held just before: Linux
+  resets the high-water mark on writing 5 to /proc/self/clear_refs, so an
+  import-time peak cannot hide preprocess's own.
+
+Not getrusage(RUSAGE_CHILDREN) or os.wait4: a child's ru_maxrss counts the
+memory of the parent it was forked from (the mark carries across exec), so a
+parent holding torch would report hundreds of MB the child never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.photos import write_photos
+from benchmarks.project import REPO_ROOT
+
+
+@dataclass
+class PreprocessRun:
+    images: int
+    seconds: float                # inside the child, preprocess() alone
+    process_peak_mb: float        # the whole child process since it started, imports included
+    before_mb: float              # resident just before preprocess() started
+    peak_during_mb: float | None  # high-water mark while preprocess() ran (None where the reset is unavailable)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def growth_mb(self) -> float | None:
+        """What preprocess itself added at its peak."""
+        return None if self.peak_during_mb is None else self.peak_during_mb - self.before_mb
+
+
+def run_preprocess_child(raw_root: Path, out: Path, side: int) -> PreprocessRun:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])}
+    command = [sys.executable, "-m", "benchmarks.preprocessing", str(raw_root), str(out), str(side)]
+    child = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if child.returncode != 0:
+        raise RuntimeError(f"preprocess benchmark child failed ({child.returncode}):\n{child.stdout}\n{child.stderr}")
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    return PreprocessRun(**report)
+
+
+@dataclass
+class PreprocessResult:
+    small: PreprocessRun
+    large: PreprocessRun
+
+    @property
+    def memory_ratio(self) -> float:
+        """Peak memory at ten times the images over the peak at one time (whole process)."""
+        return self.large.process_peak_mb / self.small.process_peak_mb
+
+
+def measure_preprocess(images: int, side: int, scale: int = 10, workdir: Path | None = None) -> PreprocessResult:
+    """Preprocess `images` and `scale` times as many 480x360 photos (split by seed, as by default)."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        runs = []
+        for count in (images, images * scale):
+            raw = write_photos(Path(tmp) / f"raw_{count}", {None: count})
+            runs.append(run_preprocess_child(raw.root, Path(tmp) / f"processed_{count}", side))
+        return PreprocessResult(*runs)
+
+
+def _memory_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _child_main(raw_root: str, out: str, side: str) -> None:
+    import time
+
+    from benchmarks.photos import preprocess_photos
+    from benchmarks.project import project_params
+    from segpipe.data.raw import RawDataset
+
+    params = project_params().preprocess
+    raw = RawDataset.read(raw_root)
+    import_peak = _memory_mb("VmHWM")
+    resettable = _reset_peak()
+    before = _memory_mb("VmRSS")
+    start = time.perf_counter()
+    preprocess_photos(raw, Path(out), int(side), params)
+    seconds = time.perf_counter() - start
+    peak = _memory_mb("VmHWM")
+    print(json.dumps({"images": len(raw.pairs), "seconds": seconds, "process_peak_mb": max(import_peak, peak),
+                      "before_mb": before, "peak_during_mb": peak if resettable else None}))
+
+if __name__ == "__main__":
+    _child_main(*sys.argv[1:])

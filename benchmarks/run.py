@@ -1,0 +1,171 @@
+"""`make bench`: segpipe's performance comparisons, each measured side by side in
+one run and printed as ratios (issue 10). See benchmarks/README.md.
+
+    python benchmarks/run.py              # everything, a few minutes on 2 CPU cores
+    python benchmarks/run.py --quick      # small sizes, one round, no DVC pipeline run
+    python benchmarks/run.py --only train evaluate --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The benchmarks/ folder is not put first on sys.path (its module names must not
+# shadow installed packages): the harness imports itself as a package, and this
+# checkout's own src/, as the stages do.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "src")]
+
+import torch  # noqa: E402
+
+from benchmarks import table  # noqa: E402
+from benchmarks.dvc_cached import measure_dvc, stage_count  # noqa: E402
+from benchmarks.evaluation import measure_evaluation  # noqa: E402
+from benchmarks.machine import describe_machine, load_average  # noqa: E402
+from benchmarks.photos import preprocess_photos, write_photos  # noqa: E402
+from benchmarks.preprocessing import measure_preprocess  # noqa: E402
+from benchmarks.project import project_params  # noqa: E402
+from benchmarks.train_loop import measure_train_loop  # noqa: E402
+from segpipe.device import runtime_for  # noqa: E402
+
+COMPARISONS = ("train", "preprocess", "evaluate", "dvc")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    rounds: int = 3               # interleaved repeats of every variant; the best is quoted
+    side: int = 128               # training crops and working resolution (shorter side) of the 480x360 photos
+    batch_size: int = 16
+    train_images: int = 96        # one epoch of every train-loop variant
+    test_images: int = 64
+    workers: tuple[int, ...] = (0, 2)
+    preprocess_images: int = 100  # and ten times as many
+    dvc_rounds: int = 3
+    dvc_images: int | None = None  # None: the project's own data.shapes.num_images
+
+
+QUICK = Sizes(rounds=1, train_images=32, test_images=16, preprocess_images=20, dvc_rounds=1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes and one round, and no DVC comparison unless named in --only (~1 min)")
+    parser.add_argument("--only", nargs="+", choices=COMPARISONS, help="run only these comparisons")
+    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
+                        help="devices for the train-loop and evaluation comparisons (default: cpu, and cuda when present)")
+    parser.add_argument("--rounds", type=int, help="repeats of each variant")
+    parser.add_argument("--train-images", type=int, help="images per training epoch")
+    parser.add_argument("--test-images", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--side", type=int, help="working size and crop side, pixels")
+    parser.add_argument("--workers", type=int, nargs="+", help="DataLoader worker counts to compare against")
+    parser.add_argument("--preprocess-images", type=int, help="the smaller preprocess dataset (the larger is 10x)")
+    parser.add_argument("--dvc-images", type=int, help="data.shapes.num_images of the DVC comparison's pipeline")
+    parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    return parser.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    sizes = QUICK if args.quick else Sizes()
+    overrides = {"rounds": args.rounds, "train_images": args.train_images, "test_images": args.test_images,
+                 "batch_size": args.batch_size, "side": args.side, "preprocess_images": args.preprocess_images,
+                 "dvc_images": args.dvc_images, "workers": tuple(args.workers) if args.workers else None}
+    if args.rounds:
+        overrides["dvc_rounds"] = args.rounds
+    return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def devices_from(args: argparse.Namespace) -> list[str]:
+    return args.devices or ["cpu", "cuda"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = sizes_from(args)
+    chosen = set(args.only or [c for c in COMPARISONS if not (args.quick and c == "dvc")])
+    params = project_params()
+    machine = describe_machine()
+    command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"segpipe benchmarks: {command}", flush=True)
+    print(json.dumps(machine), flush=True)
+    print(f"model {params.model.name} (base_channels {params.model.base_channels}), loss {params.loss.name}, "
+          f"optimizer {params.train.optimizer}; batch {sizes.batch_size}, {sizes.side}x{sizes.side} inputs from "
+          f"480x360 photos; {sizes.rounds} rounds", flush=True)
+
+    rows: list[table.Row] = []
+    details: list[str] = []
+    measurements: dict = {"command": command, "machine": machine, "sizes": asdict(sizes)}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="segpipe-bench-") as tmp:
+        if chosen & {"train", "evaluate"}:
+            raw = write_photos(Path(tmp) / "raw", {"train": sizes.train_images, "val": 2, "test": sizes.test_images})
+            processed = preprocess_photos(raw, Path(tmp) / "processed", sizes.side, params.preprocess)
+            for device in devices_from(args):
+                if device == "cuda" and not torch.cuda.is_available():
+                    reason = "no CUDA device on this machine"
+                    if "train" in chosen:
+                        rows += table.unmeasured_rows(1, ["train loop / bare compute"], device, reason)
+                        rows += table.unmeasured_rows(2, [f"train loop / DataLoader, {w} workers" for w in sizes.workers],
+                                                      device, reason)
+                    if "evaluate" in chosen:
+                        rows += table.unmeasured_rows(4, ["validation metrics (evaluate) / inference",
+                                                          "test scoring at native size (score_test) / inference"],
+                                                      device, reason)
+                    continue
+                runtime = runtime_for(device, params.train.amp, params.train.channels_last)
+                if "train" in chosen:
+                    print(f"[{device}] comparisons 1 and 2: training loops ...", flush=True)
+                    result = measure_train_loop(raw, processed, params, runtime, sizes.batch_size, sizes.side,
+                                                list(sizes.workers), sizes.rounds)
+                    rows += table.train_loop_rows(result)
+                    details += table.spread_lines(f"[{device}] train", result.timings,
+                                                  lambda name, s, r=result: f"{r.images_per_epoch / s:.1f} images/s")
+                    measurements[f"train_loop_{device}"] = asdict(result)
+                if "evaluate" in chosen:
+                    print(f"[{device}] comparison 4: evaluation ...", flush=True)
+                    result = measure_evaluation(processed, params, runtime, sizes.rounds)
+                    rows += table.evaluation_rows(result)
+                    details += table.spread_lines(f"[{device}] evaluation", result.timings,
+                                                  lambda name, s: f"{s:.3f} s")
+                    measurements[f"evaluation_{device}"] = asdict(result)
+        if "preprocess" in chosen:
+            print("comparison 3: preprocess ...", flush=True)
+            result = measure_preprocess(sizes.preprocess_images, sizes.side, workdir=Path(tmp))
+            rows += table.preprocess_rows(result)
+            measurements["preprocess"] = asdict(result)
+        if "dvc" in chosen:
+            print(f"comparison 5: dvc repro (a first run of the whole pipeline, then {sizes.dvc_rounds} cached) ...",
+                  flush=True)
+            result = measure_dvc(sizes.dvc_rounds, sizes.dvc_images, workdir=Path(tmp))
+            rows += table.dvc_rows(result)
+            details += table.spread_lines("dvc repro, cached:", {"pipeline": result.pipeline, "floor": result.floor},
+                                          lambda name, s: f"{s:.2f} s")
+            details.append(f"- dvc: the first, uncached run of the {stage_count()}-stage pipeline took "
+                           f"{result.first_run_seconds:.0f} s")
+            measurements["dvc"] = asdict(result)
+
+    rows.sort(key=lambda r: r.number)
+    print()
+    print(table.markdown(rows))
+    print()
+    print("\n".join(details))
+    print(f"\nload average at the end: {load_average()} (at the start: {machine['load_average_at_start']}); "
+          f"{time.perf_counter() - started:.0f} s in all")
+    if args.json:
+        measurements["rows"] = [asdict(r) for r in rows]
+        args.json.write_text(json.dumps(measurements, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The printed result: one row per comparison, the two measured figures side by
+side and their ratio, in Markdown so the output pastes into RESULTS.md as is."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from benchmarks.dvc_cached import DvcResult
+from benchmarks.evaluation import EvaluationResult
+from benchmarks.preprocessing import PreprocessResult
+from benchmarks.train_loop import TrainLoopResult
+
+# The targets of issue 10. The training ones are set for CPU; on CUDA the
+# comparisons run the same way and are shown against no target.
+LOOP_OVER_BARE = 0.95
+LOOP_OVER_DATALOADER = 1.15
+METRIC_SHARE = 0.05
+CACHED_OVER_FLOOR = 2.0
+# "Flat" memory, as this harness checks it: ten times the images may cost at most 10% more peak memory.
+PEAK_MEMORY_GROWTH = 1.10
+
+
+@dataclass
+class Row:
+    number: int
+    comparison: str
+    device: str
+    measured: str
+    ratio: float | None
+    target: str
+    met: bool | None  # None: no target applies, or nothing was measured
+
+
+def _check(ratio: float, target: float, at_least: bool, applies: bool = True) -> tuple[str, bool | None]:
+    text = f"{'>=' if at_least else '<'} {target:g}"
+    if not applies:
+        return f"({text} on CPU)", None
+    return text, (ratio >= target) if at_least else (ratio < target)
+
+
+def train_loop_rows(result: TrainLoopResult) -> list[Row]:
+    on_cpu = result.device == "cpu"
+    segpipe, bare = result.rate("segpipe"), result.rate("bare")
+    rows = [Row(1, "train loop / bare compute", result.device, f"{segpipe:.1f} vs {bare:.1f} images/s",
+                segpipe / bare, *_check(segpipe / bare, LOOP_OVER_BARE, True, on_cpu))]
+    for variant in sorted(v for v in result.timings if v.startswith("dataloader_")):
+        workers = variant.split("_")[1]
+        loader = result.rate(variant)
+        rows.append(Row(2, f"train loop / DataLoader, {workers} workers", result.device,
+                        f"{segpipe:.1f} vs {loader:.1f} images/s", segpipe / loader,
+                        *_check(segpipe / loader, LOOP_OVER_DATALOADER, True, on_cpu)))
+        rows.append(Row(2, f"(context) DataLoader, {workers} workers / bare compute", result.device,
+                        f"{loader:.1f} vs {bare:.1f} images/s", loader / bare, "", None))
+    return rows
+
+
+def preprocess_rows(result: PreprocessResult) -> list[Row]:
+    small, large = result.small, result.large
+    growth = lambda run: "n/a" if run.growth_mb is None else f"+{run.growth_mb:.0f} MB"  # noqa: E731
+    return [
+        Row(3, "preprocess throughput", "cpu",
+            f"{small.images_per_second:.0f} images/s ({small.images} images), "
+            f"{large.images_per_second:.0f} images/s ({large.images})", None, "", None),
+        Row(3, "preprocess peak memory, 10x the images / 1x", "cpu",
+            f"{large.process_peak_mb:.0f} MB ({large.images} images, {growth(large)} in preprocess) vs "
+            f"{small.process_peak_mb:.0f} MB ({small.images}, {growth(small)})", result.memory_ratio,
+            *_check(result.memory_ratio, PEAK_MEMORY_GROWTH, False)),
+    ]
+
+
+def evaluation_rows(result: EvaluationResult) -> list[Row]:
+    inference = result.timings["inference"].best
+    rows = []
+    for variant, what in (("evaluate", "validation metrics (evaluate) / inference"),
+                          ("score_test", "test scoring at native size (score_test) / inference")):
+        share = result.metric_share(variant)
+        rows.append(Row(4, what, result.device,
+                        f"{result.timings[variant].best - inference:.3f} s over {inference:.3f} s "
+                        f"({result.images} images)", share, *_check(share, METRIC_SHARE, False)))
+    return rows
+
+
+def dvc_rows(result: DvcResult) -> list[Row]:
+    return [Row(5, f"cached `dvc repro` / {result.stages} `touch` stages", "cpu",
+                f"{result.pipeline.best:.2f} s vs {result.floor.best:.2f} s", result.ratio,
+                *_check(result.ratio, CACHED_OVER_FLOOR, False))]
+
+
+def unmeasured_rows(number: int, comparisons: list[str], device: str, reason: str) -> list[Row]:
+    return [Row(number, comparison, device, f"unmeasured: {reason}", None, "", None) for comparison in comparisons]
+
+
+def _ratio_text(row: Row) -> str:
+    if row.ratio is None or math.isnan(row.ratio):
+        return ""
+    return f"{row.ratio:.1%}" if row.number == 4 else f"{row.ratio:.2f}"
+
+
+def markdown(rows: list[Row]) -> str:
+    verdict: Callable[[bool | None], str] = lambda met: {True: "yes", False: "**no**", None: ""}[met]  # noqa: E731
+    lines = ["| # | comparison | device | measured (side by side) | ratio | target | met |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.number} | {r.comparison} | {r.device} | {r.measured} | {_ratio_text(r)} | {r.target} | "
+              f"{verdict(r.met)} |" for r in rows]
+    return "\n".join(lines)
+
+
+def spread_lines(label: str, timings: dict, unit: Callable[[str, float], str]) -> list[str]:
+    """Every repeat of every variant, so a reader can see how noisy the machine was."""
+    return [f"- {label} {name}: best {unit(name, t.best)}; repeats "
+            f"{', '.join(f'{s:.2f}' for s in t.seconds)} s (slowest/fastest {t.spread:.2f})"
+            for name, t in timings.items()]

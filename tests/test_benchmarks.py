@@ -1,0 +1,94 @@
+"""The benchmark harness (benchmarks/, `make bench`) on tiny sizes, so it cannot
+rot as the library changes: structure and sanity of what it measures (positive
+rates, ratios computed from the measured numbers), never speed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from benchmarks import table
+from benchmarks.dvc_cached import DvcResult, benchmark_params, create_touch_pipeline
+from benchmarks.evaluation import measure_evaluation
+from benchmarks.photos import HEIGHT, WIDTH, preprocess_photos, write_photos
+from benchmarks.preprocessing import measure_preprocess
+from benchmarks.project import project_params
+from benchmarks.run import parse_args, sizes_from
+from benchmarks.timing import Timings
+from benchmarks.train_loop import measure_train_loop
+from segpipe.data.images import read_rgb
+from segpipe.device import runtime_for
+
+SIDE, BATCH = 32, 4
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    raw = write_photos(root / "raw", {"train": 2 * BATCH, "val": 1, "test": 3})
+    processed = preprocess_photos(raw, root / "processed", SIDE, project_params().preprocess)
+    return raw, processed
+
+
+def test_photos_are_480x360_with_distinct_pixels(photos):
+    raw, _ = photos
+    first, ninth = read_rgb(raw.root / raw.pairs[0].image), read_rgb(raw.root / raw.pairs[-1].image)
+    assert first.shape == (HEIGHT, WIDTH, 3) and len(raw.pairs) == 12
+    assert [p.split for p in raw.pairs].count("test") == 3
+    assert (first != ninth).any()
+
+
+def test_train_loop_comparison_measures_every_variant(photos):
+    raw, processed = photos
+    runtime = runtime_for("cpu", True, True)
+    result = measure_train_loop(raw, processed, project_params(), runtime, BATCH, SIDE, workers=[0], rounds=1)
+    assert set(result.timings) == {"bare", "segpipe", "dataloader_0"}
+    assert result.images_per_epoch == 2 * BATCH
+    assert all(result.rate(v) > 0 and len(t.seconds) == 1 for v, t in result.timings.items())
+
+    rows = table.train_loop_rows(result)
+    assert rows[0].ratio == pytest.approx(result.rate("segpipe") / result.rate("bare"))
+    assert rows[1].ratio == pytest.approx(result.rate("segpipe") / result.rate("dataloader_0"))
+    assert rows[0].met == (rows[0].ratio >= table.LOOP_OVER_BARE)
+
+
+def test_evaluation_comparison_measures_metric_share(photos):
+    _, processed = photos
+    result = measure_evaluation(processed, project_params(), runtime_for("cpu", True, True), rounds=1)
+    assert result.images == 3 and set(result.timings) == {"inference", "evaluate", "score_test"}
+    inference = result.timings["inference"].best
+    assert inference > 0
+    for variant, row in zip(("evaluate", "score_test"), table.evaluation_rows(result)):
+        assert row.ratio == pytest.approx((result.timings[variant].best - inference) / inference)
+        assert math.isfinite(row.ratio)
+
+
+def test_preprocess_comparison_reports_rates_and_peaks_of_a_child_process(tmp_path):
+    result = measure_preprocess(images=4, side=SIDE, scale=2, workdir=tmp_path)
+    assert (result.small.images, result.large.images) == (4, 8)
+    for run in (result.small, result.large):
+        assert run.images_per_second > 0
+        assert run.process_peak_mb >= run.before_mb > 0
+        assert run.growth_mb is None or run.growth_mb >= 0
+    assert result.memory_ratio == pytest.approx(result.large.process_peak_mb / result.small.process_peak_mb)
+
+
+def test_dvc_floor_is_a_chain_of_touch_stages(tmp_path, monkeypatch):
+    monkeypatch.setattr("benchmarks.dvc_cached._init_repository", lambda root: None)  # no git or dvc in a unit test
+    stages = yaml.safe_load((create_touch_pipeline(tmp_path / "floor", 5) / "dvc.yaml").read_text())["stages"]
+    assert [s["cmd"] for s in stages.values()] == [f"touch out{i}" for i in range(1, 6)]
+    assert [s.get("deps") for s in stages.values()] == [None] + [[f"out{i}"] for i in range(1, 5)]
+    assert benchmark_params(40, 1)["train"]["epochs"] == 1
+
+    result = DvcResult(5, 60.0, Timings([1.5, 1.2]), Timings([0.8, 0.6]))
+    row, = table.dvc_rows(result)
+    assert row.ratio == pytest.approx(2.0) and row.met is False
+
+
+def test_quick_options_and_markdown_table():
+    sizes = sizes_from(parse_args(["--quick", "--rounds", "2", "--workers", "0", "1"]))
+    assert (sizes.rounds, sizes.dvc_rounds, sizes.workers) == (2, 2, (0, 1))
+    rows = table.unmeasured_rows(1, ["train loop / bare compute"], "cuda", "no CUDA device")
+    assert "| 1 | train loop / bare compute | cuda | unmeasured: no CUDA device |" in table.markdown(rows)
