@@ -32,10 +32,14 @@ def predict_images_command(args) -> int:
 
 
 def export_onnx_command(args) -> None:
+    from segpipe.checkpoint import load_model_checkpoint
     from segpipe.export import ATOL, RTOL, export_onnx
+    from segpipe.inference import photo_inputs
 
-    report = export_onnx(args.model, args.out, args.samples, atol=ATOL if args.atol is None else args.atol,
-                         rtol=RTOL if args.rtol is None else args.rtol)
+    checkpoint = load_model_checkpoint(args.model)
+    report = export_onnx(checkpoint, args.out, photo_inputs(args.samples, checkpoint.data) or None,
+                         atol=ATOL if args.atol is None else args.atol, rtol=RTOL if args.rtol is None else args.rtol,
+                         source=args.model)
     print(report.summary())
 
 

@@ -22,12 +22,13 @@ from torch.nn import functional as F
 
 from segpipe.checkpoint import ModelCheckpoint
 from segpipe.data.augment import to_float_images
-from segpipe.data.images import resize_rgb
+from segpipe.data.images import read_rgb, resize_rgb
 from segpipe.data.processed import DatasetInfo
 from segpipe.data.resolution import Resize
 from segpipe.device import Runtime
 from segpipe.engine import predict_logits
 from segpipe.errors import SegpipeError
+from segpipe.export import feature_stride
 
 # An image is scored whole unless a side at the working resolution exceeds this
 # many window sides: whole images give the model all the context there is.
@@ -75,26 +76,6 @@ def window_starts(length: int, window: int, overlap: float, stride: int = 1) -> 
         return [0]
     step = max(stride, round(window * (1 - overlap)) // stride * stride)
     return sorted({*range(0, length - window, step), length - window})
-
-
-@torch.inference_mode()
-def feature_stride(model: torch.nn.Module, side: int = 256) -> int:
-    """How many input pixels the model's smallest feature map has per pixel (8 for cnn,
-    16 for unet, 32 for fcn), measured on one forward pass."""
-    smallest = [side]
-
-    def record(_module, _inputs, output):
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
-            smallest.append(min(output.shape[-2:]))
-
-    hooks = [module.register_forward_hook(record) for module in model.modules()]
-    try:
-        parameter = next(model.parameters())
-        model(torch.zeros(1, getattr(model, "in_channels", 3), side, side, device=parameter.device, dtype=parameter.dtype))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return max(1, side // max(1, min(smallest)))
 
 
 def window_weight(height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -184,6 +165,13 @@ def model_input(images: list[np.ndarray], shape: tuple[int, int], data: DatasetI
     """(H, W, 3) uint8 photos -> the (N, 3, h, w) normalised batch the model takes at working shape (h, w)."""
     working = np.stack([resize_rgb(image, *shape) for image in images])
     return to_float_images(torch.from_numpy(working).to(device), data.mean, data.std)
+
+
+def photo_inputs(paths: list[Path], data: DatasetInfo) -> list[np.ndarray]:
+    """Each photo as the (1, 3, h, w) normalised batch the model takes at its working resolution."""
+    resize = Resize(**data.resize)
+    photos = [read_rgb(path) for path in paths]
+    return [model_input([photo], resize.shape_for(*photo.shape[:2]), data).numpy() for photo in photos]
 
 
 def _to_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

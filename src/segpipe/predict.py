@@ -105,6 +105,8 @@ def output_names(files: list[Path]) -> dict[Path, Path]:
             if len(paths) > 1:
                 for k, path in enumerate(paths):
                     names[path] = extend(path, names[path], k)
+    if len({str(name).casefold() for name in names.values()}) < len(names):  # never write one output twice
+        raise SegpipeError("inputs whose names collide even with their extensions and a number: rename them")
     return names
 
 
