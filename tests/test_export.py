@@ -146,6 +146,13 @@ def logged_model(folder, model_path) -> LoggedModel:
     return LoggedModel(f"runs:/{run.run_id}/model", f"sqlite:///{store / 'mlflow.db'}", store)
 
 
+def mlflow_env(logged_model: LoggedModel) -> dict:
+    """A user's environment (the venv's commands on PATH, no outside MLflow settings),
+    pointed at the test's store; bytecode stays off as on this machine."""
+    keep = {k: os.environ[k] for k in ("PYTHONDONTWRITEBYTECODE",) if k in os.environ}
+    return user_env({"MLFLOW_TRACKING_URI": logged_model.tracking_uri, **keep})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,7 +168,7 @@ def served_model(logged_model):
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", logged_model.uri, "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=user_env({"MLFLOW_TRACKING_URI": logged_model.tracking_uri}), cwd=logged_model.folder,
+        env=mlflow_env(logged_model), cwd=logged_model.folder,
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     yield f"http://127.0.0.1:{port}", process, logged_model.folder / "serve.log"
     with contextlib.suppress(ProcessLookupError):
@@ -209,7 +216,7 @@ def test_the_mlflow_model_loads_in_a_clean_process_and_predicts_as_segpipe_predi
     script = folder / "client.py"
     script.write_text(CLIENT)
     result = subprocess.run([sys.executable, str(script), logged_model.uri, str(folder / "client.npz"), *map(str, photos)],
-                            env=user_env({"MLFLOW_TRACKING_URI": logged_model.tracking_uri}), cwd=folder,
+                            env=mlflow_env(logged_model), cwd=folder,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0].startswith("torch.fx")  # the exported program, not a segpipe class

@@ -234,6 +234,9 @@ def predict_images(model_path: Path, arguments: list[str], out_dir: Path, device
             bar.update(len(batch))
     if bar is not None:
         bar.close()
-    write_json(out_dir / MANIFEST, {"model": str(model_path), "classes": checkpoint.data.classes,
-                                    "predicted": run.predicted, "failed": [f.__dict__ for f in run.failed]})
+    try:
+        write_json(out_dir / MANIFEST, {"model": str(model_path), "classes": checkpoint.data.classes,
+                                        "predicted": run.predicted, "failed": [f.__dict__ for f in run.failed]})
+    except OSError as exc:
+        raise SegpipeError(f"{out_dir / MANIFEST}: cannot write ({exc}); choose another --out") from None
     return run
