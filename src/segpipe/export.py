@@ -111,10 +111,15 @@ def onnx_model(model: torch.nn.Module, example: np.ndarray, metadata: dict):
 
     side = feature_stride(model) + 1
     dynamic = ({0: Dim("batch", min=1), 2: Dim("height", min=side), 3: Dim("width", min=side)},)
-    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
-        program = torch.onnx.export(model, (torch.from_numpy(export_example(model, example)),), dynamo=True,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic,
-                                    opset_version=ONNX_OPSET, verbose=False)
+    narration = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(narration):  # the exporter narrates its steps
+            program = torch.onnx.export(model, (torch.from_numpy(export_example(model, example)),), dynamo=True,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic,
+                                        opset_version=ONNX_OPSET, verbose=False)
+    except Exception as exc:  # torch.export and the ONNX translation raise many types
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SegpipeError(f"torch.onnx could not export the {type(model).__name__} model: {reason}") from None
     proto = program.model_proto
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -148,12 +153,13 @@ def check_parity(model: torch.nn.Module, session, inputs: list[np.ndarray], atol
                                f"PyTorch {expected.shape}; the file was not written")
         difference = float(np.abs(got - expected).max())
         largest = max(largest, difference)
-        if not difference <= tolerance(expected, atol, rtol):
+        allowed = tolerance(expected, atol, rtol)
+        if not difference <= allowed:
             raise SegpipeError(
-                f"{target}: ONNX Runtime's logits differ from PyTorch's by up to {difference:.3g} on an input "
-                f"of shape {tuple(batch.shape)}, more than the tolerance {tolerance(expected, atol, rtol):.3g} (atol={atol:g} "
-                f"+ rtol={rtol:g} x the largest |logit| {float(np.abs(expected).max()):.3g}); the file was not written. Check the installed onnxruntime and onnxscript versions, or widen --atol/--rtol if the "
-                "difference is acceptable for this model")
+                f"{target}: ONNX Runtime's logits differ from PyTorch's by up to {difference:.3g} on an input of shape "
+                f"{tuple(batch.shape)}, more than the tolerance {allowed:.3g} (atol={atol:g} + rtol={rtol:g} x the largest "
+                f"|logit| {float(np.abs(expected).max()):.3g}); the file was not written. Check the installed onnxruntime "
+                "and onnxscript versions, or widen --atol/--rtol if the difference is acceptable for this model")
     return largest
 
 
