@@ -17,7 +17,7 @@ from segpipe.metrics import scores
 from segpipe.mlflow_metrics import HEADLINE, test_metrics
 from segpipe.per_image import PER_IMAGE, PerImageResults
 from segpipe.plots import CONFUSION_NORMALIZED, PER_CLASS, confusion_records, per_class_records
-from segpipe.run_params import loggable_params
+from segpipe.run_params import loggable_params, what_changed
 from segpipe.stage import (
     BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, PROJECT_ROOT, RUN_LINK, print_summary, run_stage, stage_params,
 )
@@ -51,8 +51,9 @@ def main() -> None:
     write_json(CONFUSION_NORMALIZED, confusion_records(matrix, info.classes))
     PerImageResults(list(test.split.ids), info.classes, scored.per_image).save(PER_IMAGE)
 
-    run = ResultsRun(BEST_MODEL, RUN_LINK, params.mlflow.experiment, params.mlflow.required, loggable_params(params),
-                     lineage_tags(PROJECT_ROOT, params_digest(params)))
+    # The tags name a new run, made only when this store lacks the run that trained the model (a teammate's).
+    tags = lineage_tags(PROJECT_ROOT, params_digest(params)) | {"mlflow.note.content": what_changed(params, PROJECT_ROOT)}
+    run = ResultsRun(BEST_MODEL, RUN_LINK, params.mlflow.experiment, params.mlflow.required, loggable_params(params), tags)
     run.log(metrics=test_metrics(results, working), artifacts={"metrics": [EVAL_METRICS, CONFUSION_MATRIX]})
     print_summary("evaluate", miou=results["miou"], f1=results["f1"], pixel_accuracy=results["pixel_accuracy"],
                   working_resolution_miou=working["miou"], test_images=len(test.split))

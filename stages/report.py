@@ -31,7 +31,7 @@ from segpipe.reporting import (
     per_class_section, render_html, render_markdown,
 )
 from segpipe.run_history import ComparedRun, compare_runs, experiment_runs
-from segpipe.run_params import changed_params, loggable_params, reference_params
+from segpipe.run_params import changed_params, describe_changes, loggable_params, reference_params
 from segpipe.stage import (
     BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, PROJECT_ROOT, REPORTS_DIR, RUN_LINK, TRAIN_HISTORY,
     TRAIN_METRICS, print_summary, run_stage, stage_params,
@@ -125,16 +125,18 @@ def main() -> None:
     examples = predict_examples(params, checkpoint, results.per_image)
 
     # Which run this is, what changed against the commit it started from, how earlier runs did.
-    tags = lineage_tags(PROJECT_ROOT, params_digest(params))
-    run = ResultsRun(BEST_MODEL, RUN_LINK, params.mlflow.experiment, params.mlflow.required, loggable_params(params), tags)
     reference = reference_params(PROJECT_ROOT)
     changes = changed_params(loggable_params(params), reference.params) if reference else []
+    tags = lineage_tags(PROJECT_ROOT, params_digest(params))
+    run = ResultsRun(BEST_MODEL, RUN_LINK, params.mlflow.experiment, params.mlflow.required, loggable_params(params),
+                     tags | {"mlflow.note.content": describe_changes(changes, reference)})  # tags of a new run only
     link = RunLink.load(RUN_LINK)
 
     classes = results.confusion["classes"]
     curves, confusion = training_curves(results.history), confusion_figure(np.array(results.confusion["matrix"]), classes)
-    best = examples_figure("best_test_images", "Best test images", examples.best, classes) if examples.best else None
-    worst = examples_figure("worst_test_images", "Worst test images", examples.worst, classes) if examples.worst else None
+    best = examples_figure("best_test_images", "Best test images by mIoU", examples.best, classes) if examples.best else None
+    worst = (examples_figure("worst_test_images", "Worst test images by mIoU", examples.worst, classes)
+             if examples.worst else None)
     sections = [
         headline_section(results.evaluation, results.training, intervals, params.report.bootstrap_samples),
         per_class_section(results.per_class, summary),

@@ -102,5 +102,6 @@ def examples_figure(name: str, title: str, examples: list[Example], classes: lis
     # Class 0 and ignored pixels are left unpainted: they show the image's own grey.
     labels = [f"{classes[0]} (unpainted)", *classes[1:]]
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="classes")
+    fig.suptitle(title)
     fig.tight_layout()
     return Figure(name, title, _png(fig))
