@@ -1,16 +1,19 @@
 """Comparison 4: what the metrics cost next to inference.
 
-Three passes over the same test split, interleaved:
+Four passes over the same test split, interleaved:
 
-- inference: engine.Batches and engine.predict_logits alone (batches, normalised
+- inference: engine.Batches and engine.predict_logits alone (batches normalised
   on the device, through the model): what evaluation cannot do without;
 - evaluate: engine.evaluate plus metrics.scores (validation every epoch: one
   confusion matrix at the working resolution);
+- native_prediction: inference plus what score_test does to predict at each
+  image's native size (bilinear upsampling of the logits, argmax), without scoring;
 - score_test: engine.score_test plus metrics.scores for both of its matrices (the
-  evaluate stage: every prediction upsampled to its image's native size and
-  scored against the original mask, one matrix per image).
+  evaluate stage: predictions at native size scored against the original masks,
+  one matrix per image and one at the working resolution).
 
-The metric share of each is its extra time over inference, per unit of inference.
+The metric share is the extra time of a scoring pass over the prediction it
+scores: evaluate over inference, score_test over native_prediction.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn import functional as F
 
 from benchmarks.timing import Timings, interleaved
 from segpipe.config import Params
@@ -48,10 +52,10 @@ class EvaluationResult:
     images: int
     timings: dict[str, Timings]
 
-    def metric_share(self, variant: str) -> float:
-        """(variant - inference) / inference, from the best repeat of each."""
-        inference = self.timings["inference"].best
-        return (self.timings[variant].best - inference) / inference
+    def extra_share(self, variant: str, over: str) -> float:
+        """(variant - over) / over, from the best repeat of each."""
+        base = self.timings[over].best
+        return (self.timings[variant].best - base) / base
 
 
 def measure_evaluation(processed: Path, params: Params, runtime: Runtime, rounds: int) -> EvaluationResult:
@@ -67,6 +71,17 @@ def measure_evaluation(processed: Path, params: Params, runtime: Runtime, rounds
         for images, _, _ in test.iterate():
             predict_logits(model, images, runtime)
 
+    def native_prediction() -> None:
+        # score_test's prediction at each image's original size (its upsampling and argmax), left unscored.
+        for images, _, index in test.iterate():
+            logits = predict_logits(model, images, runtime)
+            for k, row in enumerate(index):
+                size = tuple(int(n) for n in test.split.native_shapes[row])
+                upsampled = logits[k : k + 1]
+                if size != tuple(upsampled.shape[-2:]):
+                    upsampled = F.interpolate(upsampled, size=size, mode="bilinear", align_corners=False)
+                upsampled.argmax(dim=1)
+
     def validation() -> None:
         matrix, _ = evaluate(model, test, len(classes), ignore_index, runtime)
         scores(matrix.numpy(), classes)
@@ -77,5 +92,5 @@ def measure_evaluation(processed: Path, params: Params, runtime: Runtime, rounds
         scores(scored.working.numpy(), classes)
 
     variants = {"inference": _timed(inference, runtime), "evaluate": _timed(validation, runtime),
-                "score_test": _timed(test_scoring, runtime)}
+                "native_prediction": _timed(native_prediction, runtime), "score_test": _timed(test_scoring, runtime)}
     return EvaluationResult(str(runtime.device), len(test.split), interleaved(variants, rounds))

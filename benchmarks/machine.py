@@ -29,6 +29,16 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown"
 
 
+def cpu_pressure() -> str:
+    """Linux's pressure stall figure: the share of the last 10 and 60 s in which some
+    runnable task waited for a CPU (0 on an idle machine; high when others compete)."""
+    path = Path("/proc/pressure/cpu")
+    if not path.exists():
+        return "unknown"
+    fields = dict(item.split("=") for item in path.read_text().splitlines()[0].split()[1:])
+    return f"{fields['avg10']}% (10 s), {fields['avg60']}% (60 s)"
+
+
 def describe_machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -41,4 +51,5 @@ def describe_machine() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "load_average_at_start": load_average(),
+        "cpu_pressure_at_start": cpu_pressure(),
     }

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from benchmarks import table  # noqa: E402
 from benchmarks.dvc_cached import measure_dvc, stage_count  # noqa: E402
 from benchmarks.evaluation import measure_evaluation  # noqa: E402
-from benchmarks.machine import describe_machine, load_average  # noqa: E402
+from benchmarks.machine import cpu_pressure, describe_machine, load_average  # noqa: E402
 from benchmarks.photos import preprocess_photos, write_photos  # noqa: E402
 from benchmarks.preprocessing import measure_preprocess  # noqa: E402
 from benchmarks.project import project_params  # noqa: E402
@@ -42,10 +42,11 @@ COMPARISONS = ("train", "preprocess", "evaluate", "dvc")
 
 @dataclass(frozen=True)
 class Sizes:
-    rounds: int = 3               # interleaved repeats of every variant; the best is quoted
+    rounds: int = 5               # interleaved repeats of every variant; the best is quoted
     side: int = 128               # training crops and working resolution (shorter side) of the 480x360 photos
     batch_size: int = 16
-    train_images: int = 96        # one epoch of every train-loop variant
+    train_images: int = 64        # one epoch of every train-loop variant: short, so that
+                                  # more rounds catch the quiet moments of a shared machine
     test_images: int = 64
     workers: tuple[int, ...] = (0, 2)
     preprocess_images: int = 100  # and ten times as many
@@ -53,7 +54,7 @@ class Sizes:
     dvc_images: int | None = None  # None: the project's own data.shapes.num_images
 
 
-QUICK = Sizes(rounds=1, train_images=32, test_images=16, preprocess_images=20, dvc_rounds=1)
+QUICK = Sizes(rounds=2, train_images=32, test_images=16, preprocess_images=20, dvc_rounds=2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -112,15 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             processed = preprocess_photos(raw, Path(tmp) / "processed", sizes.side, params.preprocess)
             for device in devices_from(args):
                 if device == "cuda" and not torch.cuda.is_available():
-                    reason = "no CUDA device on this machine"
-                    if "train" in chosen:
-                        rows += table.unmeasured_rows(1, ["train loop / bare compute"], device, reason)
-                        rows += table.unmeasured_rows(2, [f"train loop / DataLoader, {w} workers" for w in sizes.workers],
-                                                      device, reason)
-                    if "evaluate" in chosen:
-                        rows += table.unmeasured_rows(4, ["validation metrics (evaluate) / inference",
-                                                          "test scoring at native size (score_test) / inference"],
-                                                      device, reason)
+                    rows += table.unmeasured_rows(device, "no CUDA device on this machine", "train" in chosen,
+                                                  sizes.workers, "evaluate" in chosen)
                     continue
                 runtime = runtime_for(device, params.train.amp, params.train.channels_last)
                 if "train" in chosen:
@@ -160,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("\n".join(details))
     print(f"\nload average at the end: {load_average()} (at the start: {machine['load_average_at_start']}); "
+          f"CPU pressure at the end: {cpu_pressure()} (at the start: {machine['cpu_pressure_at_start']}); "
           f"{time.perf_counter() - started:.0f} s in all")
     if args.json:
         measurements["rows"] = [asdict(r) for r in rows]

@@ -22,6 +22,18 @@ CACHED_OVER_FLOOR = 2.0
 PEAK_MEMORY_GROWTH = 1.10
 
 
+LOOP_OVER_BARE_NAME = "train loop / bare compute"
+EVALUATION_NAMES = {  # variant, the pass it is compared with, and the row's name
+    ("evaluate", "inference"): "validation metrics (evaluate) / inference",
+    ("score_test", "native_prediction"): "test metrics (score_test) / prediction at native size",
+    ("native_prediction", "inference"): "(context) native-size upsampling and argmax / inference",
+}
+
+
+def loop_over_dataloader_name(workers: int | str) -> str:
+    return f"train loop / DataLoader, {workers} workers"
+
+
 @dataclass
 class Row:
     number: int
@@ -43,12 +55,12 @@ def _check(ratio: float, target: float, at_least: bool, applies: bool = True) ->
 def train_loop_rows(result: TrainLoopResult) -> list[Row]:
     on_cpu = result.device == "cpu"
     segpipe, bare = result.rate("segpipe"), result.rate("bare")
-    rows = [Row(1, "train loop / bare compute", result.device, f"{segpipe:.1f} vs {bare:.1f} images/s",
+    rows = [Row(1, LOOP_OVER_BARE_NAME, result.device, f"{segpipe:.1f} vs {bare:.1f} images/s",
                 segpipe / bare, *_check(segpipe / bare, LOOP_OVER_BARE, True, on_cpu))]
     for variant in sorted(v for v in result.timings if v.startswith("dataloader_")):
         workers = variant.split("_")[1]
         loader = result.rate(variant)
-        rows.append(Row(2, f"train loop / DataLoader, {workers} workers", result.device,
+        rows.append(Row(2, loop_over_dataloader_name(workers), result.device,
                         f"{segpipe:.1f} vs {loader:.1f} images/s", segpipe / loader,
                         *_check(segpipe / loader, LOOP_OVER_DATALOADER, True, on_cpu)))
         rows.append(Row(2, f"(context) DataLoader, {workers} workers / bare compute", result.device,
@@ -71,14 +83,14 @@ def preprocess_rows(result: PreprocessResult) -> list[Row]:
 
 
 def evaluation_rows(result: EvaluationResult) -> list[Row]:
-    inference = result.timings["inference"].best
+    best = {name: t.best for name, t in result.timings.items()}
     rows = []
-    for variant, what in (("evaluate", "validation metrics (evaluate) / inference"),
-                          ("score_test", "test scoring at native size (score_test) / inference")):
-        share = result.metric_share(variant)
+    for (variant, over), what in EVALUATION_NAMES.items():
+        share = result.extra_share(variant, over)
+        has_target = not what.startswith("(context)")
         rows.append(Row(4, what, result.device,
-                        f"{result.timings[variant].best - inference:.3f} s over {inference:.3f} s "
-                        f"({result.images} images)", share, *_check(share, METRIC_SHARE, False)))
+                        f"{best[variant] - best[over]:.3f} s over {best[over]:.3f} s ({result.images} images)", share,
+                        *(_check(share, METRIC_SHARE, False) if has_target else ("", None))))
     return rows
 
 
@@ -88,8 +100,11 @@ def dvc_rows(result: DvcResult) -> list[Row]:
                 *_check(result.ratio, CACHED_OVER_FLOOR, False))]
 
 
-def unmeasured_rows(number: int, comparisons: list[str], device: str, reason: str) -> list[Row]:
-    return [Row(number, comparison, device, f"unmeasured: {reason}", None, "", None) for comparison in comparisons]
+def unmeasured_rows(device: str, reason: str, train: bool, workers: tuple[int, ...], evaluation: bool) -> list[Row]:
+    """The rows a device would have had, marked unmeasured."""
+    names = ([(1, LOOP_OVER_BARE_NAME)] + [(2, loop_over_dataloader_name(w)) for w in workers] if train else [])
+    names += [(4, name) for name in EVALUATION_NAMES.values() if not name.startswith("(context)")] if evaluation else []
+    return [Row(number, name, device, f"unmeasured: {reason}", None, "", None) for number, name in names]
 
 
 def _ratio_text(row: Row) -> str:

@@ -57,11 +57,13 @@ def test_train_loop_comparison_measures_every_variant(photos):
 def test_evaluation_comparison_measures_metric_share(photos):
     _, processed = photos
     result = measure_evaluation(processed, project_params(), runtime_for("cpu", True, True), rounds=1)
-    assert result.images == 3 and set(result.timings) == {"inference", "evaluate", "score_test"}
-    inference = result.timings["inference"].best
-    assert inference > 0
-    for variant, row in zip(("evaluate", "score_test"), table.evaluation_rows(result)):
-        assert row.ratio == pytest.approx((result.timings[variant].best - inference) / inference)
+    assert result.images == 3
+    assert set(result.timings) == {"inference", "evaluate", "native_prediction", "score_test"}
+    best = {name: t.best for name, t in result.timings.items()}
+    assert all(seconds > 0 for seconds in best.values())
+    pairs = [("evaluate", "inference"), ("score_test", "native_prediction"), ("native_prediction", "inference")]
+    for (variant, over), row in zip(pairs, table.evaluation_rows(result)):
+        assert row.ratio == pytest.approx((best[variant] - best[over]) / best[over])
         assert math.isfinite(row.ratio)
 
 
@@ -90,5 +92,6 @@ def test_dvc_floor_is_a_chain_of_touch_stages(tmp_path, monkeypatch):
 def test_quick_options_and_markdown_table():
     sizes = sizes_from(parse_args(["--quick", "--rounds", "2", "--workers", "0", "1"]))
     assert (sizes.rounds, sizes.dvc_rounds, sizes.workers) == (2, 2, (0, 1))
-    rows = table.unmeasured_rows(1, ["train loop / bare compute"], "cuda", "no CUDA device")
+    rows = table.unmeasured_rows("cuda", "no CUDA device", train=True, workers=(0, 2), evaluation=True)
+    assert [r.number for r in rows] == [1, 2, 2, 4, 4]
     assert "| 1 | train loop / bare compute | cuda | unmeasured: no CUDA device |" in table.markdown(rows)
