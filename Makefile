@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(WITH_VENV) dvc repro
+	@echo
+	@echo "Report:    file://$(CURDIR)/reports/report.html  (Markdown: reports/report.md)"
+	@echo "Plots:     $(BIN)/dvc plots show  (writes dvc_plots/index.html; opens offline)"
+	@echo "MLflow UI: $${MLFLOW_TRACKING_URI:-make ui, then open http://127.0.0.1:5000}"
 
 test: $(STAMP)
 	$(WITH_VENV) python -m pytest

@@ -78,6 +78,9 @@ def create_project(root: Path, params: dict) -> Path:
     dvc("init", "-q", cwd=root)
     dvc("config", "core.analytics", "false", cwd=root)
     dvc("config", "core.check_update", "false", cwd=root)
+    # The offline page for `dvc plots` and the heatmap template, as the project has them.
+    shutil.copytree(REPO_ROOT / ".dvc/plots", root / ".dvc/plots")
+    dvc("config", "plots.html_template", "plots/offline.html", cwd=root)
     git_commit(root, "init")
     return root
 

@@ -145,9 +145,7 @@ def test_an_experiment_on_train_params_reruns_train_evaluate_and_report_under_it
 
     # `dvc plots diff`, offline: the experiment's curves, bars, heatmap and overlays beside the baseline's.
     from tests.html_references import external_references
-    from tests.test_plots import with_offline_plots
 
-    with_offline_plots(project)
     plots = json.loads(dvc("plots", "diff", "HEAD", "--json", cwd=project).stdout)
     for plot_id in ("Loss", "Test IoU per class", "Test confusion matrix, rows sum to 1"):
         assert {r["rev"] for r in plots["data"][plot_id][0]["content"]["data"]["values"]} == {"HEAD", "workspace"}
@@ -184,7 +182,8 @@ def test_an_unknown_model_stops_train_before_any_work(baseline, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = run([sys.executable, str(baseline / "stages/train.py")], tmp_path, check=False)
     assert result.returncode == 2, result.stderr
-    assert "error: model.name: unknown model 'resnet'; valid choices: cnn, fcn, unet" in result.stderr
+    assert ("error: model.name: unknown model 'resnet'; valid choices: cnn, deeplabv3_mobilenet_v3_large, "
+            "deeplabv3_resnet50, fcn, fcn_resnet50, lraspp_mobilenet_v3_large, unet") in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "models").exists()
 
 

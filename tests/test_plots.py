@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,16 +66,9 @@ def declared_plots() -> list[str]:
     return [next(iter(p)) if isinstance(p, dict) else p for p in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["plots"]]
 
 
-def with_offline_plots(project: Path) -> Path:
-    """The project set up as this repository is: the templates in .dvc/plots and the page in .dvc/config."""
-    shutil.copytree(REPO_ROOT / ".dvc/plots", project / ".dvc/plots", dirs_exist_ok=True)
-    dvc("config", "plots.html_template", "plots/offline.html", cwd=project)
-    return project
-
-
 @pytest.mark.e2e
 def test_dvc_plots_show_writes_every_declared_plot_offline(baseline, tmp_path):
-    project = with_offline_plots(copy_project(baseline, tmp_path / "copy"))
+    project = copy_project(baseline, tmp_path / "copy")  # set up as this repository is (tests/pipeline_project.py)
     result = dvc("plots", "show", "-o", str(tmp_path / "show"), cwd=project)
     assert "failed" not in (result.stdout + result.stderr).lower()
     page = (tmp_path / "show/index.html").read_text()

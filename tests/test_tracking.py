@@ -118,7 +118,7 @@ def test_a_run_on_a_real_tracking_server_reads_back_through_the_client(in_tmp, m
 
     mlflow.set_tracking_uri(mlflow_server)
     model_info = mlflow.models.get_model_info("models:/segpipe-test/1")
-    assert list(model_info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == [3, 16, 16]
+    assert list(model_info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == [3, -1, -1]
 
 
 def test_results_of_a_model_whose_run_is_not_in_this_store_go_to_a_new_run_that_names_it(in_tmp):

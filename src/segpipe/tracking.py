@@ -279,6 +279,14 @@ class TrainingRun(Tracking):
             if self.active:
                 self._start(experiment, params, tags, run_name, resume_run_id)
 
+    @classmethod
+    def elsewhere(cls) -> "TrainingRun":
+        """What the other processes of a DDP training hold: the main process records for all."""
+        run = cls.__new__(cls)
+        run.required, run.uri, run.mlflow, run.run_id, run.owns_run = False, None, None, None, False
+        run.experiment, run.run_name = None, None
+        return run
+
     def _start(self, experiment: str, params: dict, tags: dict, run_name: str, resume_run_id: str | None) -> None:
         if resume_run_id is not None and self._exists(resume_run_id):
             self.run_id = self.mlflow.start_run(run_id=resume_run_id).info.run_id
