@@ -31,7 +31,9 @@ def main() -> None:
     checkpoint.check_data(info, BEST_MODEL)
     runtime = runtime_for(params.train.device, params.train.amp, params.train.channels_last)
     model = checkpoint.build_model(runtime.device, BEST_MODEL)
-    test = Batches(ProcessedSplit.load(PROCESSED_DIR, "test"), params.evaluate.batch_size, runtime, info.mean, info.std)
+    # Normalised as the model was trained: by the data's statistics, or a pretrained backbone's.
+    test = Batches(ProcessedSplit.load(PROCESSED_DIR, "test"), params.evaluate.batch_size, runtime, checkpoint.data.mean,
+                   checkpoint.data.std)
 
     scored = score_test(model, test, info.num_classes, info.ignore_index, runtime)
     matrix = scored.native.numpy()
