@@ -28,10 +28,9 @@ from segpipe.team_stack import (
 )
 from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, user_env
 
-# What segpipe's tracking should default to (docs/TEAM.md): a call to a server that went away
-# fails within seconds, instead of MLflow's 7 retries over about 4 minutes.
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# A server that went away fails a call at once in these tests; segpipe's defaults, which
+# bound it to seconds, are measured in docs/TEAM.md.
+FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 REMOTE_PREFIX = "segpipe"
 
 
@@ -295,21 +294,27 @@ def test_a_server_that_goes_away_mid_training_stops_or_spares_the_run_as_mlflow_
         project = copy_project(baseline, tmp_path / f"required-{str(required).lower()}")
         set_params(project, **{"train.epochs": EPOCHS, "mlflow.required": required, "mlflow.experiment": "goes-away"})
         projects[required] = project
-    trainings = {required: Training.start(project, tracking_env(stack, **HTTP_LIMITS))
+    trainings = {required: Training.start(project, tracking_env(stack, **FAIL_FAST))
                  for required, project in projects.items()}
     for training in trainings.values():
         training.wait_for("training ")  # its run is on the server; the epochs have begun
+    client = MlflowClient(stack.tracking_uri)
+    run_ids = {r.info.run_name: r.info.run_id
+               for r in client.search_runs([client.get_experiment_by_name("goes-away").experiment_id])}
     stack.stop_mlflow(kill=True)
     results = {required: training.finish() for required, training in trainings.items()}
     print("seconds from the server's death to train's exit:", {k: round(v[3], 1) for k, v in results.items()})
+    assert len(run_ids) == 2
 
     code, out, err, _ = results[True]
     required = projects[True]
     assert code == 2, err
     assert f"error: MLflow: logging metrics failed at {stack.tracking_uri}" in err
     assert "set mlflow.required: false" in err and "Traceback" not in err
+    # The resume checkpoint: the epochs done, and the run the next `dvc repro` goes on recording into.
     state = ResumeState.load(required / "models/resume/state.pt")
     assert 1 <= state.epoch < EPOCHS and len(state.history) == state.epoch
+    assert state.mlflow_run_id == run_ids[state.mlflow_run_name] and f"MLflow run {state.mlflow_run_name}" in out
     # An epoch is printed once it is logged: the one whose logging failed is not.
     assert [int(e) for e in re.findall(rf"^epoch (\d+)/{EPOCHS} ", out, re.MULTILINE)] == list(range(1, state.epoch))
     for kept in ("models/model.pt", "metrics/train.json", "models/mlflow_run.json"):
@@ -320,29 +325,12 @@ def test_a_server_that_goes_away_mid_training_stops_or_spares_the_run_as_mlflow_
     assert code == 0, err
     assert err.count("going on without tracking (mlflow.required is false), results stay in metrics/") == 1
     assert f"warning: MLflow: logging metrics failed at {stack.tracking_uri}" in err
+    assert [int(e) for e in re.findall(rf"^epoch (\d+)/{EPOCHS} ", out, re.MULTILINE)] == list(range(1, EPOCHS + 1))
     assert json.loads((spared / "metrics/train.json").read_text())["epochs"] == EPOCHS
     assert len((spared / "metrics/train_history.csv").read_text().splitlines()) == EPOCHS + 1
+    assert (spared / "models/model.pt").read_bytes() != (baseline / "models/model.pt").read_bytes()
     assert json.loads((spared / "models/mlflow_run.json").read_text())["run_id"] is None
     assert not (spared / "models/resume").exists()
-
-    # The server comes back: the stopped training resumes into its own run and completes it.
-    stack.start_mlflow()
-    stack.wait_for_mlflow()
-    client = MlflowClient(stack.tracking_uri)
-    experiment = client.get_experiment_by_name("goes-away")
-    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
-    assert len(runs) == 2 and state.mlflow_run_id in runs
-    assert runs[state.mlflow_run_id].info.status == "RUNNING"  # the server was gone when it stopped
-    logged = {m.step for m in client.get_metric_history(state.mlflow_run_id, "train_loss")}
-    # The epoch being logged when the server died may or may not have reached its database.
-    assert set(range(1, state.epoch)) <= logged <= set(range(1, state.epoch + 1))
-    resumed = run([sys.executable, "stages/train.py"], required, env=tracking_env(stack, **HTTP_LIMITS))
-    assert f"resuming from epoch {state.epoch} of {EPOCHS}" in resumed.stdout
-    finished = client.get_run(state.mlflow_run_id)
-    assert finished.info.status == "FINISHED"
-    steps = [m.step for m in client.get_metric_history(state.mlflow_run_id, "train_loss")]
-    assert sorted(steps) == list(range(1, EPOCHS + 1))
-    assert json.loads((required / "models/mlflow_run.json").read_text())["run_id"] == state.mlflow_run_id
 
 
 def port_open(port: int) -> bool:
@@ -370,7 +358,9 @@ def test_the_command_keeps_runs_and_artifacts_across_a_restart_and_stops_on_ctrl
          "--s3-port", "0", "--postgres-port", "0"],
         env=user_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(command.stdout), daemon=True).start()
+    new_ports: list[int] = []
+    reader = threading.Thread(target=lambda: lines.extend(command.stdout), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 180
     while not any("Ctrl-C stops it" in line for line in lines):
         if command.poll() is not None or time.monotonic() > deadline:
@@ -387,12 +377,13 @@ def test_the_command_keeps_runs_and_artifacts_across_a_restart_and_stops_on_ctrl
         run_ = restarted.get_run(before)
         assert run_.info.run_name == "before-restart" and run_.data.metrics == {"test_miou": 0.5}
         assert Path(restarted.download_artifacts(before, "notes/note.txt", str(tmp_path / "back"))).read_text() == "kept"
-        new_ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", printed)]
+        new_ports += [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", printed)]
         assert len(set(new_ports)) == 3 and all(port_open(p) for p in new_ports)
     finally:
         command.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal sends
-        output, _ = command.communicate(timeout=120)
-    assert command.returncode == 0 and "stopped." in output, "".join(lines) + output
+        command.wait(timeout=120)
+        reader.join(timeout=10)
+    assert command.returncode == 0 and lines[-1] == "stopped.\n", "".join(lines)
     assert not any(port_open(p) for p in new_ports)
     assert not (stack.folder / "postgres/postmaster.pid").exists()
 
