@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.project import REPO_ROOT
-from benchmarks.timing import Timings
+from benchmarks.timing import Timings, interleaved
 
 PROJECT_FILES = ("dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml")
 PROJECT_FOLDERS = ("stages", "src")
@@ -109,15 +109,13 @@ class DvcResult:
         return self.pipeline.best / self.floor.best
 
 
-def measure_dvc(rounds: int, num_images: int | None = None, epochs: int = 1, workdir: Path | None = None) -> DvcResult:
+def measure_dvc(rounds: int, num_images: int | None = None, epochs: int = 1, workdir: Path | None = None,
+                max_rounds: int | None = None) -> DvcResult:
     stages = stage_count()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         project = create_project_copy(Path(tmp) / "project", benchmark_params(num_images, epochs))
         floor = create_touch_pipeline(Path(tmp) / "floor", stages)
-        first = _dvc("repro", cwd=project)
-        _dvc("repro", cwd=floor)
-        pipeline_timings, floor_timings = Timings(), Timings()
-        for _ in range(rounds):  # interleaved, like every other comparison
-            pipeline_timings.seconds.append(_dvc("repro", cwd=project))
-            floor_timings.seconds.append(_dvc("repro", cwd=floor))
-        return DvcResult(stages, first, pipeline_timings, floor_timings)
+        first = _dvc("repro", cwd=project)  # then everything is cached: the timed runs have nothing to do
+        timings = interleaved({"pipeline": lambda: _dvc("repro", cwd=project), "floor": lambda: _dvc("repro", cwd=floor)},
+                              rounds, warmup=1, max_rounds=max_rounds)
+        return DvcResult(stages, first, timings["pipeline"], timings["floor"])

@@ -58,7 +58,8 @@ class EvaluationResult:
         return (self.timings[variant].best - base) / base
 
 
-def measure_evaluation(processed: Path, params: Params, runtime: Runtime, rounds: int) -> EvaluationResult:
+def measure_evaluation(processed: Path, params: Params, runtime: Runtime, rounds: int,
+                       max_rounds: int | None = None) -> EvaluationResult:
     summary = read_summary(processed)
     classes, ignore_index = summary["classes"], summary["ignore_index"]
     torch.manual_seed(params.train.seed)
@@ -93,4 +94,4 @@ def measure_evaluation(processed: Path, params: Params, runtime: Runtime, rounds
 
     variants = {"inference": _timed(inference, runtime), "evaluate": _timed(validation, runtime),
                 "native_prediction": _timed(native_prediction, runtime), "score_test": _timed(test_scoring, runtime)}
-    return EvaluationResult(str(runtime.device), len(test.split), interleaved(variants, rounds))
+    return EvaluationResult(str(runtime.device), len(test.split), interleaved(variants, rounds, max_rounds=max_rounds))

@@ -43,6 +43,7 @@ COMPARISONS = ("train", "preprocess", "evaluate", "dvc")
 @dataclass(frozen=True)
 class Sizes:
     rounds: int = 5               # interleaved repeats of every variant; the best is quoted
+    max_rounds: int = 12          # more rounds while a variant's best is not corroborated (a busy machine)
     side: int = 128               # training crops and working resolution (shorter side) of the 480x360 photos
     batch_size: int = 16
     train_images: int = 64        # one epoch of every train-loop variant: short, so that
@@ -54,7 +55,7 @@ class Sizes:
     dvc_images: int | None = None  # None: the project's own data.shapes.num_images
 
 
-QUICK = Sizes(rounds=2, train_images=32, test_images=16, preprocess_images=20, dvc_rounds=2)
+QUICK = Sizes(rounds=2, max_rounds=4, train_images=32, test_images=16, preprocess_images=20, dvc_rounds=2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
                         help="devices for the train-loop and evaluation comparisons (default: cpu, and cuda when present)")
     parser.add_argument("--rounds", type=int, help="repeats of each variant")
+    parser.add_argument("--max-rounds", type=int,
+                        help="keep repeating, up to this many rounds, while some variant's best is not corroborated")
     parser.add_argument("--train-images", type=int, help="images per training epoch")
     parser.add_argument("--test-images", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -78,12 +81,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def sizes_from(args: argparse.Namespace) -> Sizes:
     sizes = QUICK if args.quick else Sizes()
-    overrides = {"rounds": args.rounds, "train_images": args.train_images, "test_images": args.test_images,
+    overrides = {"rounds": args.rounds, "max_rounds": args.max_rounds, "train_images": args.train_images,
+                 "test_images": args.test_images,
                  "batch_size": args.batch_size, "side": args.side, "preprocess_images": args.preprocess_images,
                  "dvc_images": args.dvc_images, "workers": tuple(args.workers) if args.workers else None}
     if args.rounds:
         overrides["dvc_rounds"] = args.rounds
-    return replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(sizes, max_rounds=max(sizes.max_rounds, sizes.rounds))
 
 
 def devices_from(args: argparse.Namespace) -> list[str]:
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(machine), flush=True)
     print(f"model {params.model.name} (base_channels {params.model.base_channels}), loss {params.loss.name}, "
           f"optimizer {params.train.optimizer}; batch {sizes.batch_size}, {sizes.side}x{sizes.side} inputs from "
-          f"480x360 photos; {sizes.rounds} rounds", flush=True)
+          f"480x360 photos; {sizes.rounds} to {sizes.max_rounds} rounds", flush=True)
 
     rows: list[table.Row] = []
     details: list[str] = []
@@ -120,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
                 if "train" in chosen:
                     print(f"[{device}] comparisons 1 and 2: training loops ...", flush=True)
                     result = measure_train_loop(raw, processed, params, runtime, sizes.batch_size, sizes.side,
-                                                list(sizes.workers), sizes.rounds)
+                                                list(sizes.workers), sizes.rounds, sizes.max_rounds)
                     rows += table.train_loop_rows(result)
                     details += table.spread_lines(f"[{device}] train", result.timings,
                                                   lambda name, s, r=result: f"{r.images_per_epoch / s:.1f} images/s")
                     measurements[f"train_loop_{device}"] = asdict(result)
                 if "evaluate" in chosen:
                     print(f"[{device}] comparison 4: evaluation ...", flush=True)
-                    result = measure_evaluation(processed, params, runtime, sizes.rounds)
+                    result = measure_evaluation(processed, params, runtime, sizes.rounds, sizes.max_rounds)
                     rows += table.evaluation_rows(result)
                     details += table.spread_lines(f"[{device}] evaluation", result.timings,
                                                   lambda name, s: f"{s:.3f} s")
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if "dvc" in chosen:
             print(f"comparison 5: dvc repro (a first run of the whole pipeline, then {sizes.dvc_rounds} cached) ...",
                   flush=True)
-            result = measure_dvc(sizes.dvc_rounds, sizes.dvc_images, workdir=Path(tmp))
+            result = measure_dvc(sizes.dvc_rounds, sizes.dvc_images, workdir=Path(tmp), max_rounds=sizes.max_rounds)
             rows += table.dvc_rows(result)
             details += table.spread_lines("dvc repro, cached:", {"pipeline": result.pipeline, "floor": result.floor},
                                           lambda name, s: f"{s:.2f} s")

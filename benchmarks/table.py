@@ -10,6 +10,7 @@ from typing import Callable
 from benchmarks.dvc_cached import DvcResult
 from benchmarks.evaluation import EvaluationResult
 from benchmarks.preprocessing import PreprocessResult
+from benchmarks.timing import AGREEMENT
 from benchmarks.train_loop import TrainLoopResult
 
 # The targets of issue 10. The training ones are set for CPU; on CUDA the
@@ -43,6 +44,7 @@ class Row:
     ratio: float | None
     target: str
     met: bool | None  # None: no target applies, or nothing was measured
+    corroborated: bool = True  # every figure behind the ratio had its best repeat matched by another
 
 
 def _check(ratio: float, target: float, at_least: bool, applies: bool = True) -> tuple[str, bool | None]:
@@ -55,16 +57,17 @@ def _check(ratio: float, target: float, at_least: bool, applies: bool = True) ->
 def train_loop_rows(result: TrainLoopResult) -> list[Row]:
     on_cpu = result.device == "cpu"
     segpipe, bare = result.rate("segpipe"), result.rate("bare")
+    sure = lambda *variants: all(result.timings[v].corroborated for v in variants)  # noqa: E731
     rows = [Row(1, LOOP_OVER_BARE_NAME, result.device, f"{segpipe:.1f} vs {bare:.1f} images/s",
-                segpipe / bare, *_check(segpipe / bare, LOOP_OVER_BARE, True, on_cpu))]
+                segpipe / bare, *_check(segpipe / bare, LOOP_OVER_BARE, True, on_cpu), sure("segpipe", "bare"))]
     for variant in sorted(v for v in result.timings if v.startswith("dataloader_")):
         workers = variant.split("_")[1]
         loader = result.rate(variant)
         rows.append(Row(2, loop_over_dataloader_name(workers), result.device,
                         f"{segpipe:.1f} vs {loader:.1f} images/s", segpipe / loader,
-                        *_check(segpipe / loader, LOOP_OVER_DATALOADER, True, on_cpu)))
+                        *_check(segpipe / loader, LOOP_OVER_DATALOADER, True, on_cpu), sure("segpipe", variant)))
         rows.append(Row(2, f"(context) DataLoader, {workers} workers / bare compute", result.device,
-                        f"{loader:.1f} vs {bare:.1f} images/s", loader / bare, "", None))
+                        f"{loader:.1f} vs {bare:.1f} images/s", loader / bare, "", None, sure(variant, "bare")))
     return rows
 
 
@@ -90,14 +93,15 @@ def evaluation_rows(result: EvaluationResult) -> list[Row]:
         has_target = not what.startswith("(context)")
         rows.append(Row(4, what, result.device,
                         f"{best[variant] - best[over]:.3f} s over {best[over]:.3f} s ({result.images} images)", share,
-                        *(_check(share, METRIC_SHARE, False) if has_target else ("", None))))
+                        *(_check(share, METRIC_SHARE, False) if has_target else ("", None)),
+                        result.timings[variant].corroborated and result.timings[over].corroborated))
     return rows
 
 
 def dvc_rows(result: DvcResult) -> list[Row]:
     return [Row(5, f"cached `dvc repro` / {result.stages} `touch` stages", "cpu",
                 f"{result.pipeline.best:.2f} s vs {result.floor.best:.2f} s", result.ratio,
-                *_check(result.ratio, CACHED_OVER_FLOOR, False))]
+                *_check(result.ratio, CACHED_OVER_FLOOR, False), result.pipeline.corroborated and result.floor.corroborated)]
 
 
 def unmeasured_rows(device: str, reason: str, train: bool, workers: tuple[int, ...], evaluation: bool) -> list[Row]:
@@ -110,7 +114,8 @@ def unmeasured_rows(device: str, reason: str, train: bool, workers: tuple[int, .
 def _ratio_text(row: Row) -> str:
     if row.ratio is None or math.isnan(row.ratio):
         return ""
-    return f"{row.ratio:.1%}" if row.number == 4 else f"{row.ratio:.2f}"
+    text = f"{row.ratio:.1%}" if row.number == 4 else f"{row.ratio:.2f}"
+    return text if row.corroborated else f"{text} (?)"
 
 
 def markdown(rows: list[Row]) -> str:
@@ -119,11 +124,15 @@ def markdown(rows: list[Row]) -> str:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r.number} | {r.comparison} | {r.device} | {r.measured} | {_ratio_text(r)} | {r.target} | "
               f"{verdict(r.met)} |" for r in rows]
+    if not all(r.corroborated for r in rows):
+        lines.append(f"\n(?): a figure behind this ratio had no second repeat within {AGREEMENT:.0%} of its best "
+                     "(the machine was busy throughout); re-run on a quieter machine before quoting it.")
     return "\n".join(lines)
 
 
 def spread_lines(label: str, timings: dict, unit: Callable[[str, float], str]) -> list[str]:
     """Every repeat of every variant, so a reader can see how noisy the machine was."""
     return [f"- {label} {name}: best {unit(name, t.best)}; repeats "
-            f"{', '.join(f'{s:.2f}' for s in t.seconds)} s (slowest/fastest {t.spread:.2f})"
+            f"{', '.join(f'{s:.2f}' for s in t.seconds)} s (slowest/fastest {t.spread:.2f}"
+            f"{'' if t.corroborated else '; best not corroborated'})"
             for name, t in timings.items()]

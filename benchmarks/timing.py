@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+# The two fastest repeats of a variant must agree this closely before its best is trusted.
+AGREEMENT = 0.10
+
 
 @dataclass
 class Timings:
@@ -23,19 +26,28 @@ class Timings:
         """Slowest over fastest repeat: how noisy the machine was for this variant."""
         return max(self.seconds) / min(self.seconds)
 
+    @property
+    def corroborated(self) -> bool:
+        """Whether the second-fastest repeat is within AGREEMENT of the fastest: a best
+        that no other repeat comes near may be a fluke, or the others were all disturbed."""
+        fastest = sorted(self.seconds)[:2]
+        return len(fastest) == 2 and fastest[1] <= fastest[0] * (1 + AGREEMENT)
 
-def interleaved(variants: dict[str, Callable[[], float]], rounds: int, warmup: int = 1) -> dict[str, Timings]:
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int, warmup: int = 1,
+                max_rounds: int | None = None) -> dict[str, Timings]:
     """Run every variant once per round, in turn; each call returns its own
-    elapsed seconds (so it can leave setup it does not want timed out of them)."""
+    elapsed seconds (so it can leave setup it does not want timed out of them).
+    After `rounds`, more rounds run (up to `max_rounds`) while some variant's best
+    is not corroborated: on a busy machine this waits for quiet moments."""
     for _ in range(warmup):
         for run in variants.values():
             run()
     timings = {name: Timings() for name in variants}
-    for _ in range(rounds):
+    done = 0
+    while done < rounds or (done < (max_rounds or rounds) and not all(t.corroborated for t in timings.values())):
         for name, run in variants.items():
             timings[name].seconds.append(run())
+        done += 1
     return timings
 
-
-def ratio(numerator: float, denominator: float) -> float:
-    return numerator / denominator if denominator > 0 else float("nan")

@@ -86,7 +86,7 @@ class TrainLoopResult:
 
 
 def measure_train_loop(raw: RawDataset, processed: Path, params: Params, runtime: Runtime, batch_size: int,
-                       crop: int, workers: list[int], rounds: int) -> TrainLoopResult:
+                       crop: int, workers: list[int], rounds: int, max_rounds: int | None = None) -> TrainLoopResult:
     """`raw` holds the photos, `processed` the same photos after preprocess (shorter side `crop`)."""
     summary = read_summary(processed)
     split = ProcessedSplit.load(processed, "train")
@@ -111,4 +111,4 @@ def measure_train_loop(raw: RawDataset, processed: Path, params: Params, runtime
     for count in workers:
         loader = LoaderBatches(reference_loader(dataset, batch_size, count, runtime), runtime)
         variants[f"dataloader_{count}"] = engine_epoch(setup(), loader, NO_AUGMENTATION, summary["ignore_index"])
-    return TrainLoopResult(str(runtime.device), images, interleaved(variants, rounds, warmup=WARMUP_EPOCHS))
+    return TrainLoopResult(str(runtime.device), images, interleaved(variants, rounds, WARMUP_EPOCHS, max_rounds))

@@ -16,7 +16,7 @@ from benchmarks.photos import HEIGHT, WIDTH, preprocess_photos, write_photos
 from benchmarks.preprocessing import measure_preprocess
 from benchmarks.project import project_params
 from benchmarks.run import parse_args, sizes_from
-from benchmarks.timing import Timings
+from benchmarks.timing import Timings, interleaved
 from benchmarks.train_loop import measure_train_loop
 from segpipe.data.images import read_rgb
 from segpipe.device import runtime_for
@@ -95,3 +95,12 @@ def test_quick_options_and_markdown_table():
     rows = table.unmeasured_rows("cuda", "no CUDA device", train=True, workers=(0, 2), evaluation=True)
     assert [r.number for r in rows] == [1, 2, 2, 4, 4]
     assert "| 1 | train loop / bare compute | cuda | unmeasured: no CUDA device |" in table.markdown(rows)
+
+
+def test_rounds_go_on_until_each_best_is_corroborated():
+    noisy = iter([9.0, 1.0, 5.0, 1.05, 7.0])  # warm-up, then a fluke best, then its match
+    steady = iter([2.0] * 5)
+    timings = interleaved({"noisy": lambda: next(noisy), "steady": lambda: next(steady)}, rounds=2, max_rounds=10)
+    assert timings["noisy"].seconds == [1.0, 5.0, 1.05] and timings["noisy"].corroborated
+    assert timings["steady"].best == 2.0 and timings["steady"].spread == 1.0
+    assert not Timings([1.0, 1.5]).corroborated and not Timings([1.0]).corroborated
