@@ -82,6 +82,8 @@ def _claim_port(port: int, option: str) -> int:
     if port == 0:
         return free_port()
     with socket.socket() as s:
+        # As the servers bind: a port whose last connections linger in TIME_WAIT (a restart) is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((HOST, port))
         except OSError:
@@ -131,11 +133,15 @@ class Service:
                 raise self.failure(f"did not answer within {timeout:.0f} s")
             time.sleep(0.25)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> None:
-        """Send `sig` to the whole group (the MLflow server's workers too), then SIGKILL if needed."""
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT, group: bool = True) -> None:
+        """Send `sig` to the whole group (the MLflow server's workers too) or to the leader only
+        (PostgreSQL's postmaster, which stops its own processes), then SIGKILL what is left."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
+                if group:
+                    os.killpg(self.process.pid, sig)
+                else:
+                    self.process.send_signal(sig)
             try:
                 self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -259,7 +265,7 @@ class TeamStack:
                     errors.append(f"the buckets were not saved to {self.folder / 's3'}: {exc}")
             s3.stop()
         if (postgres := self.services.pop("postgres", None)) is not None:
-            postgres.stop(signal.SIGINT, timeout=60)  # SIGINT: PostgreSQL's fast shutdown
+            postgres.stop(signal.SIGINT, timeout=60, group=False)  # SIGINT: PostgreSQL's fast shutdown
         if errors:
             raise SegpipeError("; ".join(errors))
 
