@@ -41,7 +41,8 @@ def _run(command: list[str], cwd: Path, timeout: float = 1800) -> float:
     result = subprocess.run(command, cwd=cwd, env=user_env(), capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed in {cwd} ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise RuntimeError(f"{' '.join(command)} failed in {cwd} ({result.returncode}):\n"
+                           f"{result.stdout}\n{result.stderr}")
     return seconds
 
 
@@ -116,6 +117,6 @@ def measure_dvc(rounds: int, num_images: int | None = None, epochs: int = 1, wor
         project = create_project_copy(Path(tmp) / "project", benchmark_params(num_images, epochs))
         floor = create_touch_pipeline(Path(tmp) / "floor", stages)
         first = _dvc("repro", cwd=project)  # then everything is cached: the timed runs have nothing to do
-        timings = interleaved({"pipeline": lambda: _dvc("repro", cwd=project), "floor": lambda: _dvc("repro", cwd=floor)},
-                              rounds, warmup=1, max_rounds=max_rounds)
+        variants = {"pipeline": lambda: _dvc("repro", cwd=project), "floor": lambda: _dvc("repro", cwd=floor)}
+        timings = interleaved(variants, rounds, warmup=1, max_rounds=max_rounds)
         return DvcResult(stages, first, timings["pipeline"], timings["floor"])

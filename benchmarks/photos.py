@@ -47,7 +47,8 @@ def write_photos(root: Path, splits: dict[str | None, int], seed: int = 0) -> Ra
             shift = index // _SCENES  # a new (dy, dx) for every pass over the scenes
             offset = ((shift * 17) % HEIGHT, (shift * 29) % WIDTH)
             name = f"{index:06d}"
-            Image.fromarray(np.roll(image, offset, axis=(0, 1))).save(root / "images" / f"{name}.jpg", quality=_JPEG_QUALITY)
+            Image.fromarray(np.roll(image, offset, axis=(0, 1))).save(root / "images" / f"{name}.jpg",
+                                                                      quality=_JPEG_QUALITY)
             Image.fromarray(np.roll(mask, offset, axis=(0, 1))).save(root / "masks" / f"{name}.png")
             pairs.append(Pair(id=name, image=f"images/{name}.jpg", mask=f"masks/{name}.png", split=split))
             index += 1

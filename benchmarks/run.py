@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="small sizes and one round, and no DVC comparison unless named in --only (~1 min)")
     parser.add_argument("--only", nargs="+", choices=COMPARISONS, help="run only these comparisons")
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
-                        help="devices for the train-loop and evaluation comparisons (default: cpu, and cuda when present)")
+                        help="devices for the train-loop and evaluation comparisons "
+                             "(default: cpu, and cuda when present)")
     parser.add_argument("--rounds", type=int, help="repeats of each variant")
     parser.add_argument("--max-rounds", type=int,
                         help="keep repeating, up to this many rounds, while some variant's best is not corroborated")
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = set(args.only or [c for c in COMPARISONS if not (args.quick and c == "dvc")])
     params = project_params()
     machine = describe_machine()
-    command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:]))
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in arguments)
     print(f"segpipe benchmarks: {command}", flush=True)
     print(json.dumps(machine), flush=True)
     print(f"model {params.model.name} (base_channels {params.model.base_channels}), loss {params.loss.name}, "

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-# The two fastest repeats of a variant must agree this closely before its best is trusted.
-AGREEMENT = 0.10
+# By default the two fastest repeats of a variant must agree this closely before its
+# best is trusted; a comparison that resolves smaller differences asks for closer.
+AGREEMENT = 0.05
 
 
 @dataclass
@@ -16,6 +17,7 @@ class Timings:
     since interference from other processes only ever slows a run down."""
 
     seconds: list[float] = field(default_factory=list)
+    agreement: float = AGREEMENT
 
     @property
     def best(self) -> float:
@@ -28,14 +30,14 @@ class Timings:
 
     @property
     def corroborated(self) -> bool:
-        """Whether the second-fastest repeat is within AGREEMENT of the fastest: a best
+        """Whether the second-fastest repeat is within `agreement` of the fastest: a best
         that no other repeat comes near may be a fluke, or the others were all disturbed."""
         fastest = sorted(self.seconds)[:2]
-        return len(fastest) == 2 and fastest[1] <= fastest[0] * (1 + AGREEMENT)
+        return len(fastest) == 2 and fastest[1] <= fastest[0] * (1 + self.agreement)
 
 
 def interleaved(variants: dict[str, Callable[[], float]], rounds: int, warmup: int = 1,
-                max_rounds: int | None = None) -> dict[str, Timings]:
+                max_rounds: int | None = None, agreement: float = AGREEMENT) -> dict[str, Timings]:
     """Run every variant once per round, in turn; each call returns its own
     elapsed seconds (so it can leave setup it does not want timed out of them).
     After `rounds`, more rounds run (up to `max_rounds`) while some variant's best
@@ -43,7 +45,7 @@ def interleaved(variants: dict[str, Callable[[], float]], rounds: int, warmup: i
     for _ in range(warmup):
         for run in variants.values():
             run()
-    timings = {name: Timings() for name in variants}
+    timings = {name: Timings(agreement=agreement) for name in variants}
     done = 0
     while done < rounds or (done < (max_rounds or rounds) and not all(t.corroborated for t in timings.values())):
         for name, run in variants.items():

@@ -32,6 +32,8 @@ from segpipe.device import Runtime
 from segpipe.engine import Batches, train_one_epoch
 
 WARMUP_EPOCHS = 1
+# The targets (0.95, 1.15) are a few percent apart from where the loop lands: resolve 3%.
+AGREEMENT = 0.03
 
 
 def _synchronize(runtime: Runtime) -> None:
@@ -93,22 +95,24 @@ def measure_train_loop(raw: RawDataset, processed: Path, params: Params, runtime
     images = len(split) // batch_size * batch_size  # whole batches only, so every variant sees the same count
     if images < batch_size:
         raise ValueError(f"the benchmark needs at least one batch of {batch_size} training images, got {len(split)}")
-    steps, epochs = images // batch_size, WARMUP_EPOCHS + rounds
+    steps, epochs = images // batch_size, WARMUP_EPOCHS + max(rounds, max_rounds or 0)
     setup = lambda: training_setup(params, runtime, summary, steps, epochs)  # noqa: E731
 
-    batches = Batches(split, batch_size, runtime, summary["mean"], summary["std"], (crop, crop), summary["ignore_index"])
+    ignore_index = summary["ignore_index"]
+    batches = Batches(split, batch_size, runtime, summary["mean"], summary["std"], (crop, crop), ignore_index)
     variants: dict[str, Callable[[], float]] = {}
     bare = setup()
     first = next(batches.iterate(torch.Generator().manual_seed(0)))
-    bare_images, bare_masks = augment_batch(first.images, first.masks, params.augment, summary["ignore_index"],
+    bare_images, bare_masks = augment_batch(first.images, first.masks, params.augment, ignore_index,
                                             torch.Generator().manual_seed(0))
     variants["bare"] = bare_compute(bare, bare_images, bare_masks, steps)
-    variants["segpipe"] = engine_epoch(setup(), batches, params.augment, summary["ignore_index"])
+    variants["segpipe"] = engine_epoch(setup(), batches, params.augment, ignore_index)
 
     train_pairs = [p for p in raw.pairs if p.split == "train"][:images]
     dataset = PhotoFiles(raw, train_pairs, ReferenceTrainTransform(base_size=crop, crop_size=crop,
                                                                    hflip_prob=params.augment.hflip))
     for count in workers:
         loader = LoaderBatches(reference_loader(dataset, batch_size, count, runtime), runtime)
-        variants[f"dataloader_{count}"] = engine_epoch(setup(), loader, NO_AUGMENTATION, summary["ignore_index"])
-    return TrainLoopResult(str(runtime.device), images, interleaved(variants, rounds, WARMUP_EPOCHS, max_rounds))
+        variants[f"dataloader_{count}"] = engine_epoch(setup(), loader, NO_AUGMENTATION, ignore_index)
+    timings = interleaved(variants, rounds, WARMUP_EPOCHS, max_rounds, AGREEMENT)
+    return TrainLoopResult(str(runtime.device), images, timings)
