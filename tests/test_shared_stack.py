@@ -6,6 +6,7 @@ a user starts it; the pipeline runs are experiments on the session's tiny baseli
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -51,15 +52,19 @@ def team_stack():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def running(stack: TeamStack) -> TeamStack:
+    """The module's stack with every server up: a test before may have stopped one."""
+    if not stack.services:
+        stack.start()
+    elif "mlflow" not in stack.services:
+        stack.start_mlflow()
+        stack.wait_for_mlflow()
+    return stack
+
+
 @pytest.fixture
-def stack(team_stack):
-    """The module's stack with every server up (a test before may have stopped one)."""
-    if not team_stack.services:
-        team_stack.start()
-    elif "mlflow" not in team_stack.services:
-        team_stack.start_mlflow()
-        team_stack.wait_for_mlflow()
-    return team_stack
+def stack(team_stack) -> TeamStack:
+    return running(team_stack)
 
 
 def tracking_env(stack: TeamStack, **extra) -> dict:
@@ -90,7 +95,7 @@ def team(baseline, team_stack, tmp_path_factory) -> Team:
     """The baseline project with its remote on the stack's bucket, pushed; a teammate's clone that pulled it."""
     root = tmp_path_factory.mktemp("team")
     project = copy_project(baseline, root / "project")
-    use_remote(project, team_stack)
+    use_remote(project, running(team_stack))
     git_commit(project, "DVC remote on the team's S3 storage")
     pushed = dvc("push", cwd=project)
     clone = root / "clone"
@@ -388,7 +393,6 @@ def test_the_command_keeps_runs_and_artifacts_across_a_restart_and_stops_on_ctrl
     assert not (stack.folder / "postgres/postmaster.pid").exists()
 
 
-@pytest.mark.e2e
 def test_the_command_names_a_busy_port_and_the_option_to_change(tmp_path):
     try:
         postgres_bin()
@@ -414,8 +418,7 @@ def test_without_postgresql_the_error_says_how_to_install_it(monkeypatch):
         team_stack.postgres_bin()
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0,
-                    reason="only root hands PostgreSQL to another user")
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to another user")
 def test_as_root_a_folder_postgres_cannot_reach_is_named_with_the_fix(tmp_path):
     try:
         postgres_bin()
