@@ -2,7 +2,7 @@
 one run and printed as ratios (issue 10). See benchmarks/README.md.
 
     python benchmarks/run.py              # everything, a few minutes on 2 CPU cores
-    python benchmarks/run.py --quick      # small sizes, one round, no DVC pipeline run
+    python benchmarks/run.py --quick      # small sizes, few rounds, no DVC pipeline run
     python benchmarks/run.py --only train evaluate --rounds 5
 """
 
@@ -43,7 +43,7 @@ COMPARISONS = ("train", "preprocess", "evaluate", "dvc")
 @dataclass(frozen=True)
 class Sizes:
     rounds: int = 5               # interleaved repeats of every variant; the best is quoted
-    max_rounds: int = 12          # more rounds while a variant's best is not corroborated (a busy machine)
+    max_rounds: int = 8           # more rounds while a variant's best is not corroborated (a busy machine)
     side: int = 128               # training crops and working resolution (shorter side) of the 480x360 photos
     batch_size: int = 16
     train_images: int = 64        # one epoch of every train-loop variant: short, so that
@@ -61,7 +61,7 @@ QUICK = Sizes(rounds=2, max_rounds=4, train_images=32, test_images=16, preproces
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes and one round, and no DVC comparison unless named in --only (~1 min)")
+                        help="small sizes and few rounds, and no DVC comparison unless named in --only (~1 min)")
     parser.add_argument("--only", nargs="+", choices=COMPARISONS, help="run only these comparisons")
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
                         help="devices for the train-loop and evaluation comparisons "
