@@ -35,9 +35,10 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(WITH_VENV) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
-# Performance comparisons, each printed side by side as ratios from one run (benchmarks/RESULTS.md).
+# Performance comparisons, each printed side by side as ratios from one run (benchmarks/RESULTS.md);
+# make bench BENCH_ARGS=--quick for a minute's version.
 bench: $(STAMP)
-	$(WITH_VENV) python benchmarks/run.py
+	$(WITH_VENV) python benchmarks/run.py $(BENCH_ARGS)
 
 # A team's stack on this machine, for trying it: PostgreSQL, S3-compatible storage and an MLflow server.
 team-server: $(STAMP)

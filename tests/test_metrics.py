@@ -76,3 +76,17 @@ def test_agrees_with_torchmetrics(seed):
         assert ours["per_class"][str(c)]["accuracy"] == pytest.approx(float(recall[c]), abs=1e-5)
     assert ours["miou"] == pytest.approx(float(iou.mean()), abs=1e-5)
     assert ours["pixel_accuracy"] == pytest.approx(float(pixel_accuracy), abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_confusion_matrix_matches_boolean_indexing_and_refuses_labels_out_of_range(dtype):
+    generator = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 21, (2, 40, 50), generator=generator)
+    target[:, :5] = 255
+    pred = torch.randint(0, 21, (2, 40, 50), generator=generator)
+    valid = target != 255
+    expected = torch.bincount(target[valid] * 21 + pred[valid], minlength=21 * 21).reshape(21, 21)
+    assert torch.equal(confusion_matrix(pred.to(dtype), target.to(dtype), 21, 255), expected)
+    target[0, 10, 10] = 30
+    with pytest.raises(ValueError, match=r"labels outside 0..20 \(other than 255"):
+        confusion_matrix(pred.to(dtype), target.to(dtype), 21, 255)

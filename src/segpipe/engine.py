@@ -280,7 +280,8 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     split = batches.split
     native = ConfusionMatrix(num_classes, ignore_index, runtime.device)
     working = ConfusionMatrix(num_classes, ignore_index, runtime.device)
-    per_image = np.zeros((len(split), num_classes, num_classes), np.int64)
+    # On the device until the end: one copy to the host, not one synchronisation per image.
+    per_image = torch.zeros((len(split), num_classes, num_classes), dtype=torch.int64, device=runtime.device)
     for images, masks, index in batches.iterate():
         logits = predict_logits(model, images, runtime)
         working.update(logits.argmax(dim=1), masks)
@@ -291,10 +292,10 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
                 upsampled = F.interpolate(upsampled, size=truth.shape, mode="bilinear", align_corners=False)
             counts = confusion_matrix(upsampled.argmax(dim=1)[0], truth, num_classes, ignore_index)
             native.counts += counts
-            per_image[row] = counts.cpu().numpy()
+            per_image[row] = counts
     native.all_reduce()
     working.all_reduce()
-    return TestScores(native, working, per_image)
+    return TestScores(native, working, per_image.cpu().numpy())
 
 
 def seed_everything(seed: int) -> torch.Generator:

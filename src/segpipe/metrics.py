@@ -16,10 +16,17 @@ import torch.distributed as dist
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """(num_classes, num_classes) int64 counts of (true, predicted) pixel pairs."""
-    valid = target != ignore_index
-    index = target[valid].long() * num_classes + pred[valid].long()
-    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    """(num_classes, num_classes) int64 counts of (true, predicted) pixel pairs.
+
+    Ignored pixels are counted in an extra bin 0 and dropped, rather than removed by
+    boolean indexing first: that made a compacted copy of every pixel (and forces a
+    device sync on CUDA), and cost more than the network's convolutions in evaluate
+    (benchmarks/RESULTS.md). int32 is ample: labels are uint8, so indices stay below 65,536."""
+    index = torch.where(target == ignore_index, 0, target.to(torch.int32) * num_classes + pred.to(torch.int32) + 1)
+    counts = torch.bincount(index.reshape(-1), minlength=num_classes * num_classes + 1)
+    if counts.numel() > num_classes * num_classes + 1:  # a label out of range is an error, never a count
+        raise ValueError(f"labels outside 0..{num_classes - 1} (other than {ignore_index}, which is ignored)")
+    return counts[1:].reshape(num_classes, num_classes)
 
 
 class ConfusionMatrix:
