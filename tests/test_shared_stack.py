@@ -457,6 +457,15 @@ def test_without_postgresql_the_error_says_how_to_install_it(monkeypatch):
         team_stack.postgres_bin()
 
 
+def test_a_missing_python_part_is_named_with_the_requirement_to_install(monkeypatch):
+    import segpipe.team_stack as team_stack
+
+    monkeypatch.setitem(team_stack.PYTHON_PARTS, "segpipe_no_such_module.server", "no-such-server[extra]")
+    with pytest.raises(SegpipeError, match=r"needs no-such-server\[extra\] in this environment: "
+                                           r"pip install 'no-such-server\[extra\]'"):
+        team_stack.check_python_parts()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root hands PostgreSQL to another user")
 def test_as_root_a_folder_postgres_cannot_reach_is_named_with_the_fix(tmp_path):
     try:

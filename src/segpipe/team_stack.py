@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import ctypes
 import glob
+import importlib.util
 import json
 import os
 import pwd
@@ -69,6 +70,25 @@ def postgres_bin() -> Path:
     raise SegpipeError("PostgreSQL's server programs (initdb, postgres) are not on this machine: not on PATH, not in "
                        "`pg_config --bindir`, not in /usr/lib/postgresql/*/bin. Install them (Debian/Ubuntu: "
                        "apt-get install postgresql; macOS: brew install postgresql) and run this again")
+
+
+# What the stack runs besides PostgreSQL, by module: the pip requirement that brings it.
+PYTHON_PARTS = {"moto.server": "moto[server]", "boto3": "boto3", "psycopg": "psycopg[binary]"}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its package is missing
+        return False
+
+
+def check_python_parts() -> None:
+    """Checked up front: a missing part would only show in a server's log."""
+    missing = [requirement for module, requirement in PYTHON_PARTS.items() if not _importable(module)]
+    if missing:
+        raise SegpipeError(f"the team stack needs {', '.join(missing)} in this environment: "
+                           f"pip install {' '.join(repr(m) for m in missing)} (or make venv)")
 
 
 def free_port() -> int:
@@ -193,6 +213,7 @@ class TeamStack:
         self.workers = workers
         self.services: dict[str, Service] = {}
         self.bin = postgres_bin()
+        check_python_parts()
 
     # --- what clients use ---------------------------------------------------------
 
