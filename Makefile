@@ -19,6 +19,8 @@ venv: $(STAMP)
 # (Re)install only when the project's requirements change.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# An old pip (23.x) does not finish resolving boto3 beside dvc-s3's aiobotocore; a current one takes seconds.
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 

@@ -349,8 +349,6 @@ def test_a_server_that_goes_away_mid_training_stops_or_spares_the_run_as_mlflow_
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="segpipe.tracking does not yet take an experiment that another process created "
-                                       "between its look-up and its creation (issue 12 hand-over)")
 def test_a_run_whose_new_experiment_another_writer_created_first_still_records(stack, monkeypatch, tmp_path):
     """Several first runs of a new experiment (a fresh server, a queue) all look it up, find
     nothing, and create it: all but one are told it already exists, and must use it."""

@@ -55,9 +55,21 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root() / 'mlflow.db'}"
 
 
+# A tracking server that went away must not hold a training for minutes: by default MLflow
+# retries a request 7 times over about 4 minutes and waits 120 s for each answer. These fail
+# a call to a dead server in about 7 s and to a frozen one in about a minute (docs/TEAM.md);
+# the user's own settings win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# An upload goes through the server on to object storage before it is answered.
+UPLOAD_TIMEOUT = "120"
+
+
 def _quiet_mlflow():
     # The pipeline runs offline: no usage telemetry unless the user asks for it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for variable, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(variable, value)
     import mlflow  # slow to import: only in the stages that track
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -92,6 +104,21 @@ def prepare_store(uri: str) -> None:
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SegpipeError(f"the MLflow tracking server at {uri} is unreachable ({reason})") from None
+
+
+@contextmanager
+def _http_setting(variable: str, value: str) -> Iterator[None]:
+    """One MLflow HTTP setting changed for the calls inside (MLflow reads them on every
+    request), unless the user chose their own."""
+    before = os.environ.get(variable)
+    if before != HTTP_DEFAULTS[variable]:
+        yield
+        return
+    os.environ[variable] = value
+    try:
+        yield
+    finally:
+        os.environ[variable] = before
 
 
 def _connect(uri: str):
@@ -188,7 +215,8 @@ class Tracking:
         message = str(exc) if isinstance(exc, SegpipeError) else f"{doing} failed at {self.uri}: {_short(exc)}"
         if self.owns_run and self.mlflow is not None:
             try:  # a run that could not be completed must not stay RUNNING (end_run forgets it first, then marks it)
-                self.mlflow.end_run("FAILED")
+                with _http_setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"):  # the store just failed: one try
+                    self.mlflow.end_run("FAILED")
             except Exception:
                 pass
         self.mlflow = None
@@ -212,8 +240,13 @@ class Tracking:
         experiment = mlflow.get_experiment_by_name(name)
         local = self.uri.startswith(LOCAL_SCHEMES)
         if experiment is None:
-            # A local store keeps artifacts beside it, wherever the stages happen to run from.
-            return mlflow.create_experiment(name, artifact_location=(store_root() / "mlruns").as_uri() if local else None)
+            try:
+                # A local store keeps artifacts beside it, wherever the stages happen to run from.
+                return mlflow.create_experiment(name, artifact_location=(store_root() / "mlruns").as_uri() if local else None)
+            except mlflow.exceptions.MlflowException as exc:
+                # Another first run (a parallel queued experiment, a teammate) created it since the look-up.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (experiment := mlflow.get_experiment_by_name(name)) is None:
+                    raise
         check_artifacts_follow_project(self.uri, experiment.name, experiment.artifact_location)
         return experiment.experiment_id
 
@@ -361,11 +394,12 @@ class TrainingRun(Tracking):
             signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], -1, -1))]),
                                        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.num_classes, -1, -1))]))
             metadata = {**(metadata or {}), "min_input_side": feature_stride(model) + 1}
-            self.mlflow.pytorch.log_model(
-                model, name="model", input_example=example, signature=signature, metadata=metadata,
-                serialization_format="pt2", registered_model_name=registered_name,
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            )
+            with _http_setting("MLFLOW_HTTP_REQUEST_TIMEOUT", UPLOAD_TIMEOUT):
+                self.mlflow.pytorch.log_model(
+                    model, name="model", input_example=example, signature=signature, metadata=metadata,
+                    serialization_format="pt2", registered_model_name=registered_name,
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                )
 
     def finish(self, status: str = "FINISHED") -> None:
         with self.guard("ending the run"):
@@ -430,6 +464,7 @@ class ResultsRun(Tracking):
             if metrics:
                 client.log_batch(self.run_id, metrics=[
                     self.mlflow.entities.Metric(k, v, int(time.time() * 1000), 0) for k, v in _defined(metrics).items()])
-            for folder, paths in (artifacts or {}).items():
-                for path in paths:
-                    client.log_artifact(self.run_id, str(path), artifact_path=folder)
+            with _http_setting("MLFLOW_HTTP_REQUEST_TIMEOUT", UPLOAD_TIMEOUT):
+                for folder, paths in (artifacts or {}).items():
+                    for path in paths:
+                        client.log_artifact(self.run_id, str(path), artifact_path=folder)
