@@ -16,10 +16,10 @@ QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || tru
 
 venv: $(STAMP)
 
-# (Re)install only when the project's requirements change.
+# (Re)install only when the project's requirements change. pip itself first: an old pip (23.x)
+# does not finish resolving boto3 beside dvc-s3's aiobotocore; a current one takes seconds.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# An old pip (23.x) does not finish resolving boto3 beside dvc-s3's aiobotocore; a current one takes seconds.
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -m pip install --quiet -e '.[test]' 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
