@@ -215,8 +215,9 @@ def train(params, info: DatasetInfo, spec, class_weights, runtime, group: Distri
         "resumed": state is not None,
     }
     run.log_metrics(training_summary_metrics(summary["best_val_miou"], summary["seconds"]))
-    example = next(val_batches.iterate()).images[:2].float().cpu().contiguous().numpy()
-    run.log_model(best.build_model(), example, params.mlflow.register_model, metadata=model_metadata(best))
+    if params.mlflow.log_model:
+        example = next(val_batches.iterate()).images[:2].float().cpu().contiguous().numpy()
+        run.log_model(best.build_model(), example, params.mlflow.register_model, metadata=model_metadata(best))
     write_json(TRAIN_METRICS, summary)
     with atomic_file(TRAIN_HISTORY) as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))

@@ -38,6 +38,14 @@ def dvc(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> s
     return run([sys.executable, "-m", "dvc", *args], cwd, check, env)
 
 
+def start_queue(repo: Path, log: Path, env: dict | None = None, jobs: int = 2) -> None:
+    """`dvc queue start -j N`, returning when it does. Its workers keep the streams they were
+    given, so a captured output would wait for the whole queue (or for a worker that lingers)."""
+    with open(log, "w") as out:
+        subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=user_env(env),
+                       stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
+
+
 def git_commit(root: Path, message: str) -> None:
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", message], root)

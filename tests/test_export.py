@@ -33,6 +33,9 @@ from segpipe.tracking import TrainingRun
 from tests.pipeline_project import user_env
 from tests.test_predict import TIE, assert_same_mask, read_mask, reference_logits, synthetic_photo, tiny_checkpoint
 
+# One worker runs the module: its tests share module-scoped fixtures.
+pytestmark = pytest.mark.xdist_group("export")
+
 # Two photos whose working shapes (shorter side to 64) differ from the training shape 64x64.
 PHOTO_SHAPES = [(150, 210), (333, 250)]
 

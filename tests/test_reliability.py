@@ -280,3 +280,19 @@ def test_run_dataset_problems_round_trip_through_the_manifest(tmp_path):
                      problems=[Problem("y", "y.png", None, "y.png: no mask", None)])
     raw.write_manifest()
     assert RawDataset.read(tmp_path).problems == raw.problems
+
+
+def test_ctrl_c_stops_a_stage_even_when_it_was_started_with_sigint_ignored(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = ("from segpipe.stage import run_stage\nimport time\n"
+              "def main():\n    print('ready', flush=True)\n    time.sleep(60)\nrun_stage(main)\n")
+    ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (as a shell's background job)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ignoring)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in err

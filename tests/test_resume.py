@@ -18,8 +18,12 @@ from mlflow.tracking import MlflowClient
 
 from tests.pipeline_project import copy_project, dvc, set_params, user_env
 
-pytestmark = pytest.mark.e2e
-EPOCHS = 4
+# One worker runs the module: its tests share the uninterrupted run.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("resume")]
+# Enough epochs that a signal sent after the first one lands mid-training, even on a fast machine.
+EPOCHS = 12
+# The model itself is not logged to MLflow here: seconds per training, and no part of what is tested.
+QUICK = {"train.epochs": EPOCHS, "mlflow.log_model": False}
 
 
 def runs_of(project: Path):
@@ -30,7 +34,7 @@ def runs_of(project: Path):
 @pytest.fixture(scope="module")
 def uninterrupted(baseline, tmp_path_factory) -> Path:
     project = copy_project(baseline, tmp_path_factory.mktemp("straight") / "project")
-    set_params(project, **{"train.epochs": EPOCHS})
+    set_params(project, **QUICK)
     dvc("repro", cwd=project)
     return project
 
@@ -57,7 +61,7 @@ def resume_epoch(project: Path) -> int:
 
 def test_sigkill_mid_epoch_then_dvc_repro_resumes_to_the_same_result(baseline, uninterrupted, tmp_path):
     project = copy_project(baseline, tmp_path / "project")
-    set_params(project, **{"train.epochs": EPOCHS})
+    set_params(project, **QUICK)
     process = start([sys.executable, "-m", "dvc", "repro"], project)
     wait_for_line(process, f"epoch 1/{EPOCHS}")
     os.killpg(process.pid, signal.SIGKILL)  # dvc and the train stage, mid-way through epoch 2
@@ -86,7 +90,7 @@ def test_sigkill_mid_epoch_then_dvc_repro_resumes_to_the_same_result(baseline, u
 
 def test_ctrl_c_exits_cleanly_marks_the_run_killed_and_changed_params_start_over(baseline, tmp_path):
     project = copy_project(baseline, tmp_path / "project")
-    set_params(project, **{"train.epochs": EPOCHS})
+    set_params(project, **QUICK)
     process = start([sys.executable, "stages/train.py"], project)
     wait_for_line(process, f"epoch 1/{EPOCHS}")
     process.send_signal(signal.SIGINT)

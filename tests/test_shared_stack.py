@@ -27,7 +27,10 @@ from segpipe.errors import SegpipeError
 from segpipe.team_stack import (
     ACCESS_KEY_ID, ARTIFACTS_BUCKET, DVC_BUCKET, HOST, SECRET_ACCESS_KEY, TeamStack, postgres_bin,
 )
-from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, user_env
+from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue, user_env
+
+# One worker runs the module: its tests share module-scoped fixtures.
+pytestmark = pytest.mark.xdist_group("stack")
 
 # A server that went away fails a call at once in these tests; segpipe's defaults, which
 # bound it to seconds, are measured in docs/TEAM.md.
@@ -137,14 +140,6 @@ def search_all_experiments(client: MlflowClient) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
 
-def start_queue(repo: Path, env: dict, log: Path) -> None:
-    """`dvc queue start -j 2`, returning when it does: its workers keep the streams they were
-    given, so a captured output would wait for the whole queue."""
-    with open(log, "w") as out:
-        subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=repo, env=user_env(env),
-                       stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
-
-
 def wait_for_queues(expected: dict[Path, int], timeout: float = 600) -> dict[Path, str]:
     """Wait until each repository has its expected number of finished experiments, then
     return `dvc queue status` of each. Finished experiments are git refs, cheap to count;
@@ -193,7 +188,7 @@ def test_queued_experiments_and_a_teammates_runs_all_land_on_the_server_each_its
     for repo, values in seeds.items():  # one experiment per value
         dvc("exp", "run", "--queue", "-S", f"train.seed={','.join(map(str, values))}", cwd=repo)
     for repo in seeds:  # both queues at once: 4 trainings on the server side by side
-        start_queue(repo, tracking_env(stack), tmp_path / f"queue-{repo.name}.log")
+        start_queue(repo, tmp_path / f"queue-{repo.name}.log", tracking_env(stack))
     statuses = wait_for_queues({repo: len(values) for repo, values in seeds.items()})
     assert statuses[project].count("Success") == 4 and statuses[clone].count("Success") == 2, statuses
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params
+from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -27,10 +27,12 @@ def wait_for_queue(root, timeout=480):
 
 def test_queued_experiments_in_parallel_all_land_in_the_projects_store(baseline, tmp_path):
     project = copy_project(baseline, tmp_path / "project", keep_store=False)
+    set_params(project, **{"mlflow.log_model": False})  # not what is tested here; seconds per experiment
+    git_commit(project, "experiments without the model logged")
     rates = ["0.001", "0.002", "0.003"]
     for rate in rates:
         dvc("exp", "run", "--queue", "-S", f"train.lr={rate}", cwd=project)
-    dvc("queue", "start", "-j", "2", cwd=project)
+    start_queue(project, tmp_path / "queue.log")
     status = wait_for_queue(project)
     assert status.count("Success") == 3, status
 

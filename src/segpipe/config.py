@@ -231,8 +231,16 @@ class MlflowParams(Strict):
     experiment: Annotated[str, Field(min_length=1)]
     # false: an unreachable store is a warning, and results stay in metrics/ only.
     required: bool
+    # Log the trained model into the run (a torch.export program: seconds, and an artifact per run).
+    log_model: bool
     # Register the trained model under this name in the model registry, or null.
     register_model: Annotated[str, Field(min_length=1)] | None
+
+    @model_validator(mode="after")
+    def _registered_models_are_logged(self):
+        if self.register_model is not None and not self.log_model:
+            raise ValueError("register_model needs the model logged: set log_model: true, or register_model: null")
+        return self
 
 
 class Params(Strict):

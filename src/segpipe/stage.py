@@ -59,6 +59,9 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(): a SegpipeError becomes a clear message and exit status 2,
     Ctrl-C or SIGTERM exit 130 without a traceback (the stage cleans up first)."""
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C raises KeyboardInterrupt even where the process was started with SIGINT ignored (a job a
+    # script put in the background inherits that): a signal that reaches this stage should stop it cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except (SegpipeError, SegpipeConfigError) as exc:

@@ -471,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="MLflow server worker processes")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_stop)
+    # Ctrl-C stops the stack even where this process was started with SIGINT ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         stack = TeamStack(args.dir, args.mlflow_port, args.s3_port, args.postgres_port, args.workers)
     except SegpipeError as exc:

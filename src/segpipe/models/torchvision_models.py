@@ -4,6 +4,9 @@ Each is built with any number of classes and no weights (random initialisation);
 pretrained weights are applied by models/weights.py, only when training starts,
 so rebuilding a trained model from its checkpoint never needs a download.
 The wrapper returns the main output's logits, like every segpipe model.
+
+torchvision.models is imported when one of these is built, not before: it costs
+every stage that merely names the registry more than a second.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import typing
 
 from torch import nn
-from torchvision.models import get_model_weights, segmentation
 
 from segpipe.errors import SegpipeError
 from segpipe.models.blocks import SegmentationModel
@@ -30,6 +32,8 @@ class TorchvisionModel(SegmentationModel):
         super().__init__(in_channels, num_classes, pooling, base_channels)
         if in_channels != 3:
             raise SegpipeError(f"{self.builder} takes RGB images (3 channels), not {in_channels}")
+        from torchvision.models import segmentation
+
         build = getattr(segmentation, self.builder)
         extra = {} if self.builder.startswith("lraspp") else {"aux_loss": False}
         # weights_backbone=None explicitly: some builders default to downloading ImageNet weights.
@@ -41,11 +45,15 @@ class TorchvisionModel(SegmentationModel):
     @classmethod
     def whole_weights(cls):
         """The enum of weights for the whole model (e.g. LRASPP_MobileNet_V3_Large_Weights)."""
+        from torchvision.models import get_model_weights
+
         return get_model_weights(cls.builder)
 
     @classmethod
     def backbone_weights(cls):
         """The enum of weights for its backbone (e.g. MobileNet_V3_Large_Weights)."""
+        from torchvision.models import segmentation
+
         hint = typing.get_type_hints(getattr(segmentation, cls.builder))["weights_backbone"]
         return next(arg for arg in typing.get_args(hint) if arg is not type(None))
 
