@@ -29,18 +29,18 @@ def test_queued_experiments_in_parallel_all_land_in_the_projects_store(baseline,
     project = copy_project(baseline, tmp_path / "project", keep_store=False)
     set_params(project, **{"mlflow.log_model": False})  # not what is tested here; seconds per experiment
     git_commit(project, "experiments without the model logged")
-    rates = ["0.001", "0.002", "0.003"]
+    rates = ["0.001", "0.003"]  # two workers, one experiment each
     for rate in rates:
         dvc("exp", "run", "--queue", "-S", f"train.lr={rate}", cwd=project)
     start_queue(project, tmp_path / "queue.log")
     status = wait_for_queue(project)
-    assert status.count("Success") == 3, status
+    assert status.count("Success") == 2, status
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("segpipe").experiment_id])
     assert sorted(r.data.params["train.lr"] for r in runs) == rates
     baseline_rev = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
-    assert len({r.info.run_name for r in runs}) == 3
+    assert len({r.info.run_name for r in runs}) == 2
     for r in runs:
         assert r.info.run_name == r.data.tags["dvc_exp_name"]
         assert r.data.tags["dvc_exp_baseline_rev"] == r.data.tags["git_commit"] == baseline_rev
