@@ -30,7 +30,7 @@ from segpipe.team_stack import (
 from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue, user_env
 
 # One worker runs the module: its tests share module-scoped fixtures.
-pytestmark = pytest.mark.xdist_group("stack")
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
 
 # A server that went away fails a call at once in these tests; segpipe's defaults, which
 # bound it to seconds, are measured in docs/TEAM.md.
@@ -184,20 +184,21 @@ def dvc_experiments(repo: Path) -> dict[str, Experiment]:
 @pytest.mark.e2e
 def test_queued_experiments_and_a_teammates_runs_all_land_on_the_server_each_its_own(team, stack, tmp_path):
     project, clone = team.project, team.clone
-    seeds = {project: [11, 12], clone: [13]}
+    # The load a team puts on its server: 4 queued experiments on 2 workers, and a teammate's 2 at the same time.
+    seeds = {project: [11, 12, 13, 14], clone: [15, 16]}
     for repo, values in seeds.items():  # one experiment per value
         dvc("exp", "run", "--queue", "-S", f"train.seed={','.join(map(str, values))}", cwd=repo)
-    for repo in seeds:  # both queues at once: 3 trainings on the server side by side
+    for repo in seeds:  # both queues at once: 4 trainings on the server side by side
         start_queue(repo, tmp_path / f"queue-{repo.name}.log", tracking_env(stack))
     statuses = wait_for_queues({repo: len(values) for repo, values in seeds.items()})
-    assert statuses[project].count("Success") == 2 and statuses[clone].count("Success") == 1, statuses
+    assert statuses[project].count("Success") == 4 and statuses[clone].count("Success") == 2, statuses
 
     experiments = dvc_experiments(project) | dvc_experiments(clone)
-    assert len(experiments) == 3 and sorted(e.seed for e in experiments.values()) == [11, 12, 13]
+    assert len(experiments) == 6 and sorted(e.seed for e in experiments.values()) == [11, 12, 13, 14, 15, 16]
     client = MlflowClient(stack.tracking_uri)
     experiment = client.get_experiment_by_name("segpipe")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(experiments)  # three runs, three names, one per experiment
+    assert sorted(r.info.run_name for r in runs) == sorted(experiments)  # six runs, six names, one per experiment
 
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert run(["git", "rev-parse", "HEAD"], clone).stdout.strip() == head
@@ -226,7 +227,7 @@ def test_queued_experiments_and_a_teammates_runs_all_land_on_the_server_each_its
         # The model too: through the server, the same bytes as in the bucket.
         model_key = f"artifacts/{experiment.experiment_id}/models/{model_of[r.info.run_id].model_id}/artifacts/data/model.pt2"
         assert model_key in keys
-    assert len({r.data.tags["model_sha256"] for r in runs}) == 3
+    assert len({r.data.tags["model_sha256"] for r in runs}) == 6
     import mlflow.artifacts
 
     model = model_of[runs[0].info.run_id]
