@@ -31,9 +31,10 @@ run: $(STAMP)
 	@echo "Plots:     $(BIN)/dvc plots show  (writes dvc_plots/index.html; opens offline)"
 	@echo "MLflow UI: $${MLFLOW_TRACKING_URI:-make ui, then open http://127.0.0.1:5000}"
 
-# Two workers: tests that share a module-scoped server or run stay on one (xdist_group).
+# Two workers: tests that share a module-scoped server or run stay on one (xdist_group), handed
+# out in the order tests/conftest.py puts them (the longest first), not by their count of tests.
 test: $(STAMP)
-	$(WITH_VENV) python -m pytest -n 2 --dist loadgroup
+	$(WITH_VENV) python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 ui: $(STAMP)
 	$(WITH_VENV) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db

@@ -103,7 +103,7 @@ def test_ctrl_c_exits_cleanly_marks_the_run_killed_and_changed_params_start_over
 
     # Other params: the interrupted training is not resumed but replaced, and says so.
     set_params(project, **{"train.lr": 0.003})
-    result = dvc("repro", cwd=project)
+    result = dvc("repro", "train", cwd=project)  # evaluate and report have nothing to show here
     assert "holds an interrupted training" in result.stderr and "training from the start" in result.stderr
     assert "resuming" not in result.stdout
     _, runs = runs_of(project)
