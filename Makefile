@@ -32,7 +32,7 @@ run: $(STAMP)
 	@echo "MLflow UI: $${MLFLOW_TRACKING_URI:-make ui, then open http://127.0.0.1:5000}"
 
 # Two workers: tests that share a module-scoped server or run stay on one (xdist_group), handed
-# out in the order tests/conftest.py puts them (the longest first), not by their count of tests.
+# out in the order tests/conftest.py puts them, not by their count of tests.
 test: $(STAMP)
 	$(WITH_VENV) python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 

@@ -10,15 +10,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
 
-# The longest first. make test hands each of its two workers whole groups (xdist_group) in this
-# order, so the two longest groups start at once on different workers instead of queueing one
-# behind the other; the many short tests then fill in around them.
-LONGEST_FIRST = ["tests/test_shared_stack.py", "tests/test_resume.py", "tests/test_team.py", "tests/test_distributed.py",
-                 "tests/test_pipeline.py", "tests/test_weizmann.py", "tests/test_export.py"]
+# The order make test's two workers are handed work in (xdist_group groups whole). The longest
+# group first, so that no worker ends alone with it; then tests that need no baseline run, which
+# keep the second worker busy while the first makes it; then the other long ones, the rest after.
+HANDED_OUT_FIRST = ["tests/test_shared_stack.py", "tests/test_tracking.py", "tests/test_export.py",
+                    "tests/test_models_losses.py", "tests/test_stage_deps.py", "tests/test_resume.py",
+                    "tests/test_team.py", "tests/test_distributed.py", "tests/test_pipeline.py",
+                    "tests/test_weizmann.py"]
 
 
 def pytest_collection_modifyitems(items):
-    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    rank = {module: i for i, module in enumerate(HANDED_OUT_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
 
 
@@ -50,18 +52,22 @@ def archive_server():
 
 
 @pytest.fixture(scope="session")
-def baseline(tmp_path_factory, worker_id) -> Path:
+def baseline(tmp_path_factory) -> Path:
     """One tiny pipeline run that the end-to-end tests share: `dvc repro` on a clean
     commit, its results committed. Tests that change it work on a copy; the others
     only read it, so xdist's workers share one run (the first to ask makes it)."""
+    import os
+    import shutil
+
     from filelock import FileLock
 
-    if worker_id == "master":  # no xdist: this session's own folder
+    if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: this session's own folder
         return make_baseline(tmp_path_factory.mktemp("baseline"))
     shared = tmp_path_factory.getbasetemp().parent  # this session's, above every worker's folder
     with FileLock(shared / "baseline.lock"):
         folder = shared / "baseline"
         if not (folder / "complete").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed to make it left
             make_baseline(folder)
             (folder / "complete").touch()
     return folder / "project"

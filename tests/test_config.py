@@ -159,3 +159,12 @@ def test_the_params_digest_follows_settings_not_formatting(raw_params):
     assert params_digest(parse_params(yaml.safe_load(yaml.safe_dump(raw_params, default_flow_style=True)))) == params_digest(first)
     raw_params["train"]["lr"] = 0.01
     assert params_digest(parse_params(raw_params)) != params_digest(first)
+
+
+def test_registering_a_model_that_is_not_logged_names_both_keys(raw_params):
+    raw_params["mlflow"] |= {"register_model": "segpipe-unet", "log_model": False}
+    with pytest.raises(SegpipeConfigError, match=r"mlflow: .*register_model needs the model logged: "
+                                                 r"set log_model: true, or register_model: null"):
+        parse_params(raw_params)
+    raw_params["mlflow"]["log_model"] = True
+    assert parse_params(raw_params).mlflow.register_model == "segpipe-unet"

@@ -1,6 +1,6 @@
-"""The README stays true: every `dvc exp run -S` command it shows makes params that
-segpipe accepts (as DVC itself would apply them), and every knob in params.yaml is
-in its table of knobs."""
+"""The README stays true: every `dvc exp run -S` command it shows (in its code blocks,
+and inline in its prose and tables) makes params that segpipe accepts, as DVC itself
+would apply them, and every knob in params.yaml is in its table of knobs."""
 
 from __future__ import annotations
 
@@ -27,16 +27,24 @@ def shown_commands(text: str) -> list[str]:
     return [line.split(" #")[0].strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def inline_settings(text: str) -> list[str]:
+    """`dvc exp run -S ...` and `-S ...` written inline in the prose and tables, as commands."""
+    spans = re.findall(r"`((?:dvc exp run )?-S [^`]+)`", text)
+    return [span if span.startswith("dvc exp run") else f"dvc exp run {span}" for span in spans
+            if "section.key" not in span]  # the README's explanation of the syntax, not a setting
+
+
 def overrides_of(command: str) -> list[str]:
     words = shlex.split(command)
     return [words[i + 1] for i, word in enumerate(words) if word in ("-S", "--set-param")]
 
 
-EXPERIMENTS = [c for c in shown_commands(README) if c.startswith("dvc exp run") and overrides_of(c)]
+EXPERIMENTS = [c for c in shown_commands(README) + inline_settings(README)
+               if c.startswith("dvc exp run") and overrides_of(c)]
 
 
 def test_the_readme_shows_experiments_and_recipes():
-    assert len(EXPERIMENTS) >= 6
+    assert len(EXPERIMENTS) >= 12
     assert any("weizmann_horse" in c for c in EXPERIMENTS)
 
 

@@ -289,10 +289,15 @@ def test_ctrl_c_stops_a_stage_even_when_it_was_started_with_sigint_ignored(tmp_p
 
     script = ("from segpipe.stage import run_stage\nimport time\n"
               "def main():\n    print('ready', flush=True)\n    time.sleep(60)\nrun_stage(main)\n")
-    ignoring = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (as a shell's background job)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=ignoring)
-    assert process.stdout.readline().strip() == "ready"
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
+    # As a shell starts a background job: SIGINT ignored, which survives exec into the stage.
+    ignoring_sigint = ("import os, signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                       "os.execv(sys.executable, [sys.executable, '-c', sys.argv[1]])\n")
+    process = subprocess.Popen([sys.executable, "-c", ignoring_sigint, script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
     assert process.returncode == 130 and "Traceback" not in err

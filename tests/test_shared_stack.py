@@ -30,7 +30,7 @@ from segpipe.team_stack import (
 from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue, user_env
 
 # One worker runs the module: its tests share module-scoped fixtures.
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("stack")]
+pytestmark = pytest.mark.xdist_group("stack")
 
 # A server that went away fails a call at once in these tests; segpipe's defaults, which
 # bound it to seconds, are measured in docs/TEAM.md.

@@ -39,8 +39,8 @@ def test_weizmann_horses_need_the_resize_option_then_run_end_to_end(tmp_path):
         "images": str(horses / "images"), "masks": str(horses / "masks"),
         "classes": ["background", "horse"], "threshold": 128,
     }
-    params["train"]["crop"] = [32, 32]
-    params["mlflow"]["log_model"] = False  # the photos keep their aspect ratio at the working resolution
+    params["train"]["crop"] = [32, 32]  # the photos keep their aspect ratio at the working resolution
+    params["mlflow"]["log_model"] = False  # not what is tested here; seconds per run
     project = create_project(tmp_path / "project", params)
 
     # The rgb photos are at another resolution than their masks: refused until resize is chosen.
