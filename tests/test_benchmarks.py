@@ -104,3 +104,29 @@ def test_rounds_go_on_until_each_best_is_corroborated():
     assert timings["noisy"].seconds == [1.0, 5.0, 1.05] and timings["noisy"].corroborated
     assert timings["steady"].best == 2.0 and timings["steady"].spread == 1.0
     assert not Timings([1.0, 1.5]).corroborated and not Timings([1.0]).corroborated
+
+
+def test_the_gpu_training_check_runs_the_engine_and_reports_what_a_gpu_run_needs(photos):
+    """benchmarks/gpu_training.py on the CPU: the same engine calls as on a GPU."""
+    from argparse import Namespace
+
+    from benchmarks.gpu_training import train_variant
+
+    _, processed = photos
+    args = Namespace(epochs=2, batch_size=BATCH, side=SIDE)
+    result = train_variant(False, args, project_params(), runtime_for("cpu", True, True), processed)
+    assert result["variant"] == "eager" and result["amp"] is None and result["channels_last"] is False
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2] and all(e["images"] == 2 * BATCH for e in result["epochs"])
+    assert all(math.isfinite(e["loss"]) and math.isfinite(e["val_loss"]) for e in result["epochs"])
+    assert result["images_per_second"] > 0 and result["peak_gpu_memory_mib"] is None
+
+
+def test_the_gpu_training_check_fails_on_a_bad_loss_or_no_learning():
+    from benchmarks.gpu_training import problems_of
+
+    epochs = lambda losses, mious: [{"epoch": i + 1, "loss": loss, "val_loss": 1.0, "val_miou": miou}  # noqa: E731
+                                    for i, (loss, miou) in enumerate(zip(losses, mious))]
+    assert problems_of({"variant": "eager", "epochs": epochs([1.0, 0.5], [0.1, 0.4])}) == []
+    assert problems_of({"variant": "eager", "epochs": epochs([1.0, math.nan], [0.1, 0.4])}) == ["eager: epoch 2 loss nan"]
+    assert problems_of({"variant": "compiled", "epochs": epochs([1.0, 0.9], [0.3, 0.3])}) == [
+        "compiled: validation mIoU did not rise (0.3 -> best 0.3)"]

@@ -73,7 +73,9 @@ class RedIsClassOne(torch.nn.Module):
         return torch.cat([torch.zeros_like(x[:, :1]), x[:, :1]], dim=1)
 
 
-def test_native_resolution_scoring_matches_a_hand_computed_confusion_matrix():
+# resident: the split as tensors on the device, as a GPU holds one that fits (here on the CPU).
+@pytest.mark.parametrize("resident", [False, True])
+def test_native_resolution_scoring_matches_a_hand_computed_confusion_matrix(resident):
     # Working resolution 2x3; the original is 4x6. The class-1 logit is +1 on the top row, -1 below.
     working = np.zeros((2, 3, 3), np.uint8)
     working[0, :, 0] = 255
@@ -83,7 +85,7 @@ def test_native_resolution_scoring_matches_a_hand_computed_confusion_matrix():
                        [0, 0, 0, 1, 1, 0],
                        [0, 255, 0, 0, 0, 1]], np.uint8)
     split = ProcessedSplit.from_arrays("test", [working], [np.zeros((2, 3), np.uint8)], ["a"], native_masks=[native])
-    batches = Batches(split, 1, CPU, [0.0] * 3, [1.0] * 3)  # red comes in as 1.0 and 0.0
+    batches = Batches(split, 1, CPU, [0.0] * 3, [1.0] * 3, resident=resident)  # red comes in as 1.0 and 0.0
     scored = score_test(_shifted(RedIsClassOne()), batches, 2, 255, CPU)
     # Rows 0-1 predicted 1, rows 2-3 predicted 0. Truth (ignoring 255):
     #   true 1 predicted 1: row0 4 + row1 4 = 8;  true 0 predicted 1: row0 2

@@ -286,7 +286,7 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
         logits = predict_logits(model, images, runtime)
         working.update(logits.argmax(dim=1), masks)
         for k, row in enumerate(index):
-            truth = torch.from_numpy(np.array(split.native_mask(row))).to(runtime.device)
+            truth = _native_truth(split, row, runtime.device)
             upsampled = logits[k : k + 1]
             if truth.shape != upsampled.shape[-2:]:
                 upsampled = F.interpolate(upsampled, size=truth.shape, mode="bilinear", align_corners=False)
@@ -296,6 +296,13 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     native.all_reduce()
     working.all_reduce()
     return TestScores(native, working, per_image.cpu().numpy())
+
+
+def _native_truth(split, row: int, device: torch.device) -> torch.Tensor:
+    """A test image's original mask on the device: from the memory map, or already there
+    when the split is held on the GPU (a tensor, which numpy cannot take from a GPU)."""
+    mask = split.native_mask(row)
+    return mask.to(device) if isinstance(mask, torch.Tensor) else torch.tensor(mask, device=device)
 
 
 def seed_everything(seed: int) -> torch.Generator:

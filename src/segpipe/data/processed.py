@@ -153,7 +153,8 @@ class ProcessedSplit:
         """The same split with its pixels as torch tensors on `device` (a GPU that holds it whole)."""
         import torch
 
-        as_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array)).to(device)  # noqa: E731
+        # torch.tensor copies the read-only memory map (from_numpy would warn that it cannot write to it).
+        as_tensor = lambda array: torch.tensor(array, device=device)  # noqa: E731
         return ProcessedSplit(self.name, as_tensor(self.pixels), as_tensor(self.labels), self.shapes, self.ids,
                               None if self.native_labels is None else as_tensor(self.native_labels), self.native_shapes)
 
