@@ -58,15 +58,14 @@ def train_variant(compiled: bool, args, params, runtime, processed: Path) -> dic
     batches = Batches(train_split, args.batch_size, runtime, summary["mean"], summary["std"],
                       (args.side, args.side), ignore)
     validation = Batches(val_split, args.batch_size, runtime, summary["mean"], summary["std"], None, ignore)
-    if runtime.device.type == "cuda":
+    on_gpu = runtime.device.type == "cuda"
+    if on_gpu:
         torch.cuda.reset_peak_memory_stats(runtime.device)
     epochs = []
     for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
+        start = time.perf_counter()  # train_one_epoch waits for the GPU before it returns
         result = train_one_epoch(stepping, batches, setup.loss_fn, setup.optimizer, setup.scheduler, setup.scaler,
                                  runtime, params.augment, ignore, setup.generator, epoch)
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize(runtime.device)
         seconds = time.perf_counter() - start
         matrix, val_loss = evaluate(setup.model, validation, num_classes, ignore, runtime, setup.loss_fn)
         epochs.append({"epoch": epoch, "seconds": round(seconds, 3), "images": result["images"],
@@ -76,14 +75,13 @@ def train_variant(compiled: bool, args, params, runtime, processed: Path) -> dic
     return {
         "variant": "compiled" if compiled else "eager",
         "device": str(runtime.device),
-        "gpu": torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else None,
+        "gpu": torch.cuda.get_device_name(runtime.device) if on_gpu else None,
         "amp": str(runtime.amp_dtype).removeprefix("torch.") if runtime.amp_dtype else None,
         "channels_last": runtime.channels_last,
-        "split_on_gpu": bool(batches.resident) if runtime.device.type == "cuda" else None,
+        "split_on_gpu": bool(batches.resident) if on_gpu else None,
         "images_per_second": round(sum(e["images"] for e in later) / sum(e["seconds"] for e in later), 1),
         "first_epoch_seconds": epochs[0]["seconds"],
-        "peak_gpu_memory_mib": (round(torch.cuda.max_memory_allocated(runtime.device) / 2**20)
-                                if runtime.device.type == "cuda" else None),
+        "peak_gpu_memory_mib": round(torch.cuda.max_memory_allocated(runtime.device) / 2**20) if on_gpu else None,
         "epochs": epochs,
     }
 

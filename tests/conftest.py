@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,9 +58,6 @@ def baseline(tmp_path_factory) -> Path:
     """One tiny pipeline run that the end-to-end tests share: `dvc repro` on a clean
     commit, its results committed. Tests that change it work on a copy; the others
     only read it, so xdist's workers share one run (the first to ask makes it)."""
-    import os
-    import shutil
-
     from filelock import FileLock
 
     if "PYTEST_XDIST_WORKER" not in os.environ:  # one process: this session's own folder
