@@ -46,4 +46,4 @@ bench: $(STAMP)
 
 # A team's stack on this machine, for trying it: PostgreSQL, S3-compatible storage and an MLflow server.
 team-server: $(STAMP)
-	$(WITH_VENV) python -m segpipe.team_stack
+	$(WITH_VENV) python -m tools.team_stack

@@ -2,13 +2,13 @@
 
 Four passes over the same test split, interleaved:
 
-- inference: engine.Batches and engine.predict_logits alone (batches normalised
+- inference: data.batches.Batches and models.forward.predict_logits alone (batches normalised
   on the device, through the model): what evaluation cannot do without;
-- evaluate: engine.evaluate plus metrics.scores (validation every epoch: one
+- evaluate: evaluation.scoring.evaluate plus evaluation.metrics.scores (validation every epoch: one
   confusion matrix at the working resolution);
 - native_prediction: inference plus what score_test does to predict at each
   image's native size (bilinear upsampling of the logits, argmax), without scoring;
-- score_test: engine.score_test plus metrics.scores for both of its matrices (the
+- score_test: evaluation.scoring.score_test plus evaluation.metrics.scores for both of its matrices (the
   evaluate stage: predictions at native size scored against the original masks,
   one matrix per image and one at the working resolution).
 
@@ -28,12 +28,13 @@ from torch.nn import functional as F
 
 from benchmarks.timing import Timings, interleaved
 from segpipe.config import Params
+from segpipe.data.batches import Batches
 from segpipe.data.processed import ProcessedSplit, read_summary
 from segpipe.device import Runtime
-from segpipe.engine import Batches, evaluate, predict_logits, score_test
-from segpipe.metrics import scores
+from segpipe.evaluation.metrics import scores
+from segpipe.evaluation.scoring import evaluate, score_test
 from segpipe.models import create_model, spec_for
-
+from segpipe.models.forward import predict_logits
 
 # The metric share is a difference of two similar durations, against a 5% target: resolve 2%.
 AGREEMENT = 0.02

@@ -2,7 +2,7 @@
 
 Trains the project's model (params.yaml: model, loss, optimizer, augment, train.amp,
 train.channels_last) on synthetic 480x360 photos, made and preprocessed as `make bench`
-makes them, through engine.train_one_epoch and engine.evaluate: the split on the GPU when
+makes them, through training.loop.train_one_epoch and evaluation.scoring.evaluate: the split on the GPU when
 it fits, eager and under torch.compile. It fails (exit 1) when a loss is not finite or
 the validation mIoU does not rise, and prints per variant the images/s after the first
 epoch, the first epoch's seconds (torch.compile's cost), the peak GPU memory and the
@@ -30,10 +30,12 @@ import torch  # noqa: E402
 from benchmarks.photos import preprocess_photos, write_photos  # noqa: E402
 from benchmarks.project import project_params  # noqa: E402
 from benchmarks.workload import training_setup  # noqa: E402
+from segpipe.data.batches import Batches  # noqa: E402
 from segpipe.data.processed import ProcessedSplit, read_summary  # noqa: E402
 from segpipe.device import runtime_for  # noqa: E402
-from segpipe.engine import Batches, evaluate, train_one_epoch  # noqa: E402
-from segpipe.metrics import scores  # noqa: E402
+from segpipe.evaluation.metrics import scores  # noqa: E402
+from segpipe.evaluation.scoring import evaluate
+from segpipe.training.loop import train_one_epoch
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
+from segpipe.data.batches import Batch
 from segpipe.data.raw import Pair, RawDataset
 from segpipe.device import Runtime
-from segpipe.engine import Batch
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -80,7 +80,7 @@ def reference_loader(dataset: Dataset, batch_size: int, workers: int, runtime: R
 
 
 class LoaderBatches:
-    """A DataLoader in the shape train_one_epoch takes from engine.Batches, so the
+    """A DataLoader in the shape train_one_epoch takes from data.batches.Batches, so the
     conventional loader is timed through the very same training step: only the
     feeding differs. One process (shard 0 of 1); full batches (drop_last)."""
 

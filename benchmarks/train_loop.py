@@ -6,9 +6,9 @@ Every variant trains the same model with the same loss, optimizer, batch size an
 
 - bare: forward, backward and optimizer step on one batch already on the device
   (the ceiling: no data work at all);
-- segpipe: engine.train_one_epoch over engine.Batches (random crops of the
+- segpipe: training.loop.train_one_epoch over data.batches.Batches (random crops of the
   memory-mapped uint8 split, normalised on the device) with augment_batch;
-- dataloader_N: engine.train_one_epoch fed by the torchvision reference recipe's
+- dataloader_N: training.loop.train_one_epoch fed by the torchvision reference recipe's
   DataLoader with N workers (reference_recipe.py), augmentation done per sample.
 """
 
@@ -25,11 +25,12 @@ from benchmarks.reference_recipe import LoaderBatches, PhotoFiles, ReferenceTrai
 from benchmarks.timing import Timings, interleaved
 from benchmarks.workload import NO_AUGMENTATION, TrainingSetup, training_setup
 from segpipe.config import AugmentParams, Params
-from segpipe.data.augment import augment_batch
+from segpipe.data.batches import Batches
 from segpipe.data.processed import ProcessedSplit, read_summary
 from segpipe.data.raw import RawDataset
 from segpipe.device import Runtime
-from segpipe.engine import Batches, train_one_epoch
+from segpipe.training.augment import augment_batch
+from segpipe.training.loop import train_one_epoch
 
 WARMUP_EPOCHS = 1
 # The targets (0.95, 1.15) are a few percent apart from where the loop lands: resolve 3%.
@@ -65,7 +66,7 @@ def bare_compute(setup: TrainingSetup, images: torch.Tensor, masks: torch.Tensor
 
 
 def engine_epoch(setup: TrainingSetup, batches, augment: AugmentParams, ignore_index: int) -> Callable[[], float]:
-    """One call of engine.train_one_epoch, timed from outside (its end-of-epoch checks included)."""
+    """One call of training.loop.train_one_epoch, timed from outside (its end-of-epoch checks included)."""
 
     def run() -> float:
         start = time.perf_counter()

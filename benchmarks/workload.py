@@ -5,14 +5,15 @@ train: the project's model, loss, optimizer, schedule and augmentation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from segpipe.config import AugmentParams, Params
 from segpipe.device import Runtime
-from segpipe.losses import create_loss, resolve_class_weights
 from segpipe.models import create_model, spec_for
-from segpipe.optim import build_optimizer, build_scheduler
+from segpipe.training.losses import create_loss, resolve_class_weights
+from segpipe.training.optim import build_optimizer, build_scheduler
 
 # Augmentation that augment_batch passes through untouched: for loaders that
 # have already augmented every sample themselves.

@@ -1,10 +1,12 @@
 """download: import the dataset named by data.dataset into data/raw/ (images, masks, manifest)."""
 
-import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
+import _syspath  # noqa: F401  (this checkout's src/ first on sys.path)
 
 from segpipe.atomic import atomic_dir
 from segpipe.data.sources import SOURCES, import_dataset
-from segpipe.stage import DOWNLOAD_CACHE, RAW_DIR, print_summary, run_stage, stage_params, warn
+from segpipe.errors import warn
+from segpipe.paths import DOWNLOAD_CACHE, RAW_DIR
+from segpipe.runner import print_summary, run_stage, stage_params
 
 
 def main() -> None:

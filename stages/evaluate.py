@@ -5,23 +5,34 @@ recomputed: the headline in metrics/eval.json (what `dvc metrics show` lists), e
 in metrics/per_class.json, the matrix row-normalised for `dvc plots`, and every test
 image's own matrix in metrics/per_image.npz (for the report's rankings and intervals)."""
 
-import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
+import _syspath  # noqa: F401  (this checkout's src/ first on sys.path)
 
 from segpipe.atomic import write_json
-from segpipe.checkpoint import load_model_checkpoint
 from segpipe.config import params_digest
+from segpipe.data.batches import Batches
 from segpipe.data.processed import DatasetInfo, ProcessedSplit
 from segpipe.device import runtime_for
-from segpipe.engine import Batches, score_test
-from segpipe.metrics import scores
-from segpipe.mlflow_metrics import HEADLINE, test_metrics
-from segpipe.per_image import PER_IMAGE, PerImageResults
-from segpipe.plots import CONFUSION_NORMALIZED, PER_CLASS, confusion_records, per_class_records
-from segpipe.run_params import loggable_params, what_changed
-from segpipe.stage import (
-    BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, PROJECT_ROOT, RUN_LINK, print_summary, run_stage, stage_params,
+from segpipe.evaluation.metrics import scores
+from segpipe.evaluation.per_image import PerImageResults
+from segpipe.evaluation.scoring import score_test
+from segpipe.models.checkpoint import load_model_checkpoint
+from segpipe.paths import (
+    BEST_MODEL,
+    CONFUSION_MATRIX,
+    CONFUSION_NORMALIZED,
+    EVAL_METRICS,
+    PER_CLASS,
+    PER_IMAGE,
+    PROCESSED_DIR,
+    PROJECT_ROOT,
+    RUN_LINK,
 )
-from segpipe.tracking import ResultsRun, lineage_tags
+from segpipe.reporting.dvc_plots import confusion_records, per_class_records
+from segpipe.runner import print_summary, run_stage, stage_params
+from segpipe.tracking.lineage import lineage_tags
+from segpipe.tracking.metric_names import HEADLINE, test_metrics
+from segpipe.tracking.params import loggable_params, what_changed
+from segpipe.tracking.runs import ResultsRun
 
 
 def main() -> None:

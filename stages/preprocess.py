@@ -1,12 +1,14 @@
 """preprocess: validate every pair, bring it to the working resolution once, split, and
 store uint8 arrays in data/processed/."""
 
-import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
+import _syspath  # noqa: F401  (this checkout's src/ first on sys.path)
 
 from segpipe.atomic import atomic_dir
 from segpipe.data.preprocess import preprocess
 from segpipe.data.raw import RawDataset
-from segpipe.stage import PROCESSED_DIR, RAW_DIR, print_summary, run_stage, stage_params, warn
+from segpipe.errors import warn
+from segpipe.paths import PROCESSED_DIR, RAW_DIR
+from segpipe.runner import print_summary, run_stage, stage_params
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ lineage and what changed, and how it compares with earlier runs in MLflow. Besid
 them: reports/predictions/ (overlays that `dvc plots show` displays) and
 reports/per_class.csv; all of it goes into the MLflow run."""
 
-import _bootstrap  # noqa: F401  (this checkout's src/ first on sys.path)
+import _syspath  # noqa: F401  (this checkout's src/ first on sys.path)
 
 import csv
 from dataclasses import asdict, dataclass
@@ -14,34 +14,50 @@ import numpy as np
 from PIL import Image
 
 from segpipe.atomic import atomic_dir, read_json
-from segpipe.bootstrap import bootstrap_intervals
-from segpipe.checkpoint import ModelCheckpoint, load_model_checkpoint
 from segpipe.config import Params, params_digest
 from segpipe.data.processed import ProcessedSplit, read_summary
 from segpipe.device import runtime_for
-from segpipe.engine import predict_masks
 from segpipe.errors import SegpipeError
-from segpipe.figures import Example, Figure, confusion_figure, examples_figure, training_curves
-from segpipe.mlflow_metrics import interval_metrics
-from segpipe.overlay import side_by_side
-from segpipe.per_image import PER_IMAGE, PerImageResults
-from segpipe.plots import PER_CLASS
-from segpipe.reporting import (
-    Section, dataset_section, examples_section, figure_section, headline_section, history_section, lineage_section,
-    per_class_section, render_html, render_markdown,
+from segpipe.evaluation.intervals import bootstrap_intervals
+from segpipe.evaluation.per_image import PerImageResults
+from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint
+from segpipe.models.forward import predict_masks
+from segpipe.paths import (
+    BEST_MODEL,
+    CONFUSION_MATRIX,
+    EVAL_METRICS,
+    FIGURES,
+    PER_CLASS,
+    PER_CLASS_TABLE,
+    PER_IMAGE,
+    PREDICTIONS,
+    PROCESSED_DIR,
+    PROJECT_ROOT,
+    REPORTS_DIR,
+    RUN_LINK,
+    TRAIN_HISTORY,
+    TRAIN_METRICS,
 )
-from segpipe.run_history import ComparedRun, compare_runs, experiment_runs
-from segpipe.run_params import changed_params, describe_changes, loggable_params, reference_params
-from segpipe.stage import (
-    BEST_MODEL, CONFUSION_MATRIX, EVAL_METRICS, PROCESSED_DIR, PROJECT_ROOT, REPORTS_DIR, RUN_LINK, TRAIN_HISTORY,
-    TRAIN_METRICS, print_summary, run_stage, stage_params,
+from segpipe.reporting.document import (
+    Section,
+    dataset_section,
+    examples_section,
+    figure_section,
+    headline_section,
+    history_section,
+    lineage_section,
+    per_class_section,
+    render_html,
+    render_markdown,
 )
-from segpipe.tracking import ResultsRun, RunLink, lineage_tags
-
-# reports/predictions/<id>.png: a folder of images that dvc.yaml declares as a plot.
-PREDICTIONS = REPORTS_DIR / "predictions"
-FIGURES = REPORTS_DIR / "figures"
-PER_CLASS_TABLE = REPORTS_DIR / "per_class.csv"
+from segpipe.reporting.figures import Example, Figure, confusion_figure, examples_figure, training_curves
+from segpipe.reporting.overlay import side_by_side
+from segpipe.runner import print_summary, run_stage, stage_params
+from segpipe.tracking.leaderboard import ComparedRun, compare_runs, experiment_runs
+from segpipe.tracking.lineage import lineage_tags
+from segpipe.tracking.metric_names import interval_metrics
+from segpipe.tracking.params import changed_params, describe_changes, loggable_params, reference_params
+from segpipe.tracking.runs import ResultsRun, RunLink
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from segpipe.config import AugmentParams
+from segpipe.data.batches import Batches
 from segpipe.data.processed import ProcessedSplit
 from segpipe.device import runtime_for
 from segpipe.distributed import join
-from segpipe.engine import Batches, train_one_epoch
-from segpipe.losses import create_loss
+from segpipe.training.loop import train_one_epoch
+from segpipe.training.losses import create_loss
 
 
 def split() -> ProcessedSplit:

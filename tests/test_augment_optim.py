@@ -1,13 +1,13 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 
 from segpipe.config import AugmentParams
-from segpipe.data.augment import augment_batch, to_float_images
-from segpipe.optim import lr_factor
+from segpipe.data.normalise import to_float_images
+from segpipe.training.augment import augment_batch
+from segpipe.training.optim import lr_factor
 
 IGNORE = 255
 
@@ -82,7 +82,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 
 
 def test_overlay_paints_classes_over_a_grey_image():
-    from segpipe.overlay import PALETTE, overlay
+    from segpipe.reporting.overlay import PALETTE, overlay
 
     image = np.zeros((1, 3, 3), np.uint8)
     image[0] = [[255, 0, 0], [0, 255, 0], [10, 20, 30]]

@@ -4,10 +4,11 @@ and the errors a foreign or mismatched file gets instead of a traceback."""
 import pytest
 import torch
 
-from segpipe.checkpoint import ModelCheckpoint, ResumeState, load_model_checkpoint
 from segpipe.data.processed import DatasetInfo
 from segpipe.errors import SegpipeError
 from segpipe.models import ModelSpec, create_model
+from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint
+from segpipe.training.resume import ResumeState
 
 INFO = DatasetInfo("shapes", ["a", "b", "c"], 255, {"by": "shorter_side", "to": 16}, [0.5] * 3, [0.25] * 3)
 

@@ -12,8 +12,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from segpipe.config import AugmentParams
-from segpipe.data.augment import augment_batch
-from segpipe.engine import Batches
+from segpipe.data.batches import Batches
+from segpipe.training.augment import augment_batch
 from tests.conftest import REPO_ROOT
 from tests.pipeline_project import copy_project, dvc, run, set_params
 from tests.test_resolution import CPU, labelled_split

@@ -24,12 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
-from segpipe.checkpoint import load_model_checkpoint
 from segpipe.cli import main
 from segpipe.data.resolution import Resize
-from segpipe.export import ATOL, ONNX_OPSET, RTOL, model_metadata, tolerance
-from segpipe.inference import model_input
-from segpipe.tracking import TrainingRun
+from segpipe.models.checkpoint import load_model_checkpoint, model_metadata
+from segpipe.serving.export import ATOL, ONNX_OPSET, RTOL, tolerance
+from segpipe.serving.inference import model_input
+from segpipe.tracking.runs import TrainingRun
 from tests.pipeline_project import user_env
 from tests.test_predict import TIE, assert_same_mask, read_mask, reference_logits, synthetic_photo, tiny_checkpoint
 
@@ -112,7 +112,7 @@ def test_an_onnx_graph_that_disagrees_with_pytorch_fails_loudly_and_writes_nothi
     other = folder / "other.pt"
     type(checkpoint)(checkpoint.spec, state, checkpoint.data, checkpoint.input_shape, 1, {}).save(other)
     # Export the other model, but let the graph be the first one's: ONNX no longer matches PyTorch.
-    monkeypatch.setattr("segpipe.export.onnx_model", lambda model, example, metadata: onnx.load(onnx_export[0]))
+    monkeypatch.setattr("segpipe.serving.export.onnx_model", lambda model, example, metadata: onnx.load(onnx_export[0]))
     out = folder / "other.onnx"
     assert main(["export", "--model", str(other), "--out", str(out)]) == 2
     err = capsys.readouterr().err

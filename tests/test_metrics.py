@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassJaccardIndex, MulticlassRecall
 
-from segpipe.metrics import ConfusionMatrix, confusion_matrix, scores
+from segpipe.evaluation.metrics import ConfusionMatrix, confusion_matrix, scores
 
 IGNORE = 255
 CLASSES = ["bg", "a", "b"]

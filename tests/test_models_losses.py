@@ -5,8 +5,8 @@ import torch
 from torch.nn import functional as F
 
 from segpipe.errors import SegpipeError
-from segpipe.losses import LOSSES, create_loss, median_frequency_weights, resolve_class_weights
 from segpipe.models import MODELS, ModelSpec, create_model
+from segpipe.training.losses import LOSSES, create_loss, median_frequency_weights, resolve_class_weights
 
 IGNORE = 255
 

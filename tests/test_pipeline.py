@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from segpipe.tracking import file_sha256
+from segpipe.hashing import file_sha256
 from tests.pipeline_project import NUM_IMAGES, SIDE, copy_project, dvc, git_commit, run, set_params
 
 pytestmark = pytest.mark.e2e
@@ -124,6 +124,22 @@ def test_nothing_reruns_and_bytecode_never_enters_a_hash(baseline, tmp_path):
     run([sys.executable, "stages/evaluate.py"], project)
     assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
     assert ran(dvc("repro", cwd=project)) == set()
+
+
+def test_an_edit_reruns_exactly_the_stages_that_run_that_room(baseline, tmp_path):
+    project = copy_project(baseline, tmp_path / "copy")
+
+    def stale_after_editing(module: str) -> set[str]:
+        with open(project / "src/segpipe" / module, "a") as handle:
+            handle.write("\n# an edit\n")
+        return set(json.loads(dvc("status", "--json", cwd=project).stdout))
+
+    # ONNX export and prediction run in no stage; the team stack is not even in the package.
+    assert stale_after_editing("serving/export.py") == set()
+    assert stale_after_editing("serving/predict.py") == set()
+    # Augmentation is training's: evaluate and report wait for a new model, not for the edit.
+    assert stale_after_editing("training/augment.py") == {"train"}
+    assert stale_after_editing("reporting/document.py") == {"train", "report"}
 
 
 def test_an_experiment_on_train_params_reruns_train_evaluate_and_report_under_its_own_name(baseline, tmp_path):

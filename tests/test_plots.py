@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from segpipe.plots import confusion_records, per_class_records, row_rates
-from segpipe.plots_page import PAGE_FILE, offline_page
+from segpipe.reporting.dvc_plots import confusion_records, per_class_records, row_rates
 from tests.conftest import REPO_ROOT
 from tests.html_references import external_references
 from tests.pipeline_project import copy_project, dvc
+from tools.plots_page import PAGE_FILE, offline_page
 
 MATRIX = np.array([[8, 2, 0], [1, 3, 0], [0, 0, 0]])
 CLASSES = ["bg", "cat", "dog"]
@@ -56,7 +56,7 @@ def test_dvc_fills_the_heatmap_template_with_the_records():
 
 def test_the_committed_page_carries_vega_inline_and_is_up_to_date():
     page = (REPO_ROOT / PAGE_FILE).read_text(encoding="utf8")
-    assert page == offline_page(), "regenerate it: python -m segpipe.plots_page"
+    assert page == offline_page(), "regenerate it: python -m tools.plots_page"
     assert "{plot_divs}" in page and "{scripts}" not in page   # no {scripts}: DVC adds no CDN tags
     assert "window.vegaEmbed=" in page and external_references(page) == []
 

@@ -17,17 +17,17 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from segpipe.checkpoint import ModelCheckpoint, load_model_checkpoint
 from segpipe.cli import main
 from segpipe.data.images import read_rgb
 from segpipe.data.processed import DatasetInfo
 from segpipe.data.resolution import Resize
 from segpipe.device import runtime_for
 from segpipe.errors import SegpipeError
-from segpipe.inference import Predictor, WindowPlan, model_input, window_starts
 from segpipe.models import ModelSpec, create_model
-from segpipe.overlay import PALETTE, overlay
-from segpipe.predict import draw_legend, output_names
+from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint
+from segpipe.reporting.overlay import PALETTE, overlay
+from segpipe.serving.inference import Predictor, WindowPlan, model_input, window_starts
+from segpipe.serving.predict import draw_legend, output_names
 from tests.conftest import SHARED
 
 HORSES = SHARED / "datasets" / "weizmann_horse" / "rgb"
@@ -158,7 +158,7 @@ def test_a_2000x1500_photo_goes_through_windows_without_seams(tmp_path, monkeypa
     assert overall < 0.01 and at_seams < 0.01, (overall, at_seams)
 
     # The same check sees seams when they are there: abutting windows, averaged flat.
-    monkeypatch.setattr("segpipe.inference.window_weight", lambda h, w, device: torch.ones(h, w, device=device))
+    monkeypatch.setattr("segpipe.serving.inference.window_weight", lambda h, w, device: torch.ones(h, w, device=device))
     tiled = next(Predictor(checkpoint, runtime, WindowPlan((160, 160), overlap=0.0)).score([photo]))
     assert tiled.windows == 12
     tiled_overall, tiled_at_seams = disagreement(tiled.mask())
@@ -261,6 +261,6 @@ def test_bad_window_options_are_named(tmp_path, capsys):
         assert main(["predict", str(tmp_path / "a.png"), "--model", str(model_path), *option]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(SegpipeError, match=r"nothing to predict: .*nothing.png: no such file or folder"):
-        from segpipe.predict import predict_images
+        from segpipe.serving.predict import predict_images
 
         predict_images(model_path, [str(tmp_path / "nothing.png")], tmp_path / "out")

@@ -187,11 +187,12 @@ def test_the_same_image_in_two_splits_is_reported_and_can_stop_preprocess(raw_pa
 
 def test_a_nan_loss_stops_the_epoch_naming_the_step(tmp_path):
     from segpipe.config import AugmentParams
+    from segpipe.data.batches import Batches
     from segpipe.data.processed import ProcessedSplit
     from segpipe.device import runtime_for
-    from segpipe.engine import Batches, TrainingDiverged, train_one_epoch
-    from segpipe.losses import create_loss
     from segpipe.models import ModelSpec, create_model
+    from segpipe.training.loop import TrainingDiverged, train_one_epoch
+    from segpipe.training.losses import create_loss
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8) for _ in range(8)]
@@ -240,7 +241,7 @@ def _dead_pid() -> int:
 
 
 def test_params_changed_during_a_stage_fail_it_with_the_advice_to_queue(tmp_path, monkeypatch, capsys):
-    from segpipe import stage
+    from segpipe import runner as stage
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_bytes((REPO_ROOT / "params.yaml").read_bytes())
@@ -263,7 +264,7 @@ def test_a_stage_interrupted_by_sigterm_exits_130_without_a_traceback(tmp_path):
     import sys
     import time
 
-    script = ("from segpipe.stage import run_stage\nimport time\n"
+    script = ("from segpipe.runner import run_stage\nimport time\n"
               "def main():\n    print('ready', flush=True)\n    time.sleep(60)\nrun_stage(main)\n")
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
@@ -287,7 +288,7 @@ def test_ctrl_c_stops_a_stage_even_when_it_was_started_with_sigint_ignored(tmp_p
     import subprocess
     import sys
 
-    script = ("from segpipe.stage import run_stage\nimport time\n"
+    script = ("from segpipe.runner import run_stage\nimport time\n"
               "def main():\n    print('ready', flush=True)\n    time.sleep(60)\nrun_stage(main)\n")
     # As a shell starts a background job: SIGINT ignored, which survives exec into the stage.
     ignoring_sigint = ("import os, signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"

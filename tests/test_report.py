@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import yaml
 
-from segpipe.bootstrap import bootstrap_intervals, percentile_interval, resample_indices, resampled_scores
 from segpipe.config import parse_params
 from segpipe.errors import SegpipeError
-from segpipe.figures import Figure
-from segpipe.metrics import scores
-from segpipe.overlay import LEGEND_GREY, PALETTE, legend_colours, side_by_side
-from segpipe.per_image import PerImageResults
-from segpipe.reporting import Section, Table, Text, render_html, render_markdown
-from segpipe.run_history import RunSummary, compare_runs
-from segpipe.run_params import MISSING, changed_params, describe_changes, loggable_params, reference_params
+from segpipe.evaluation.intervals import bootstrap_intervals, percentile_interval, resample_indices, resampled_scores
+from segpipe.evaluation.metrics import scores
+from segpipe.evaluation.per_image import PerImageResults
+from segpipe.reporting.document import Section, Table, Text, render_html, render_markdown
+from segpipe.reporting.figures import Figure
+from segpipe.reporting.overlay import LEGEND_GREY, PALETTE, legend_colours, side_by_side
+from segpipe.tracking.leaderboard import RunSummary, against_baseline, compare_runs, leaderboard
+from segpipe.tracking.params import MISSING, changed_params, describe_changes, loggable_params, reference_params
 from tests.html_references import external_references
 
 PERFECT = np.array([[5, 0], [0, 5]])     # every pixel right
@@ -165,6 +165,21 @@ def test_earlier_runs_newest_first_with_the_best_and_the_current_one_marked():
     assert compared[2].differences == ["train.lr=0.01"]
     assert compare_runs([run("failed", 1, None)], "x", {}) == []
 
+
+
+def test_segpipe_compare_ranks_the_same_runs_the_report_does():
+    # One leaderboard: segpipe compare's table and the report's best run come from the same ranking.
+    runs = [run("old-best", 1, 0.9, train__lr=0.01), run("a", 2, 0.5, train__lr=0.003), run("failed", 4, None),
+            run("me", 5, 0.7, train__lr=0.006)]
+    table = leaderboard(runs, ["train.lr"], ["test_miou"], "test_miou")
+    assert table["run_id"].tolist() == ["old-best", "me", "a", "failed"]   # best first, no score last
+    assert table["train.lr"].tolist()[:3] == ["0.01", "0.006", "0.003"] and table["git_commit"].tolist()[0] == "c0ffee"
+    assert [c.run.run_id for c in compare_runs(runs, "me", {}) if c.is_best] == ["old-best"]
+    compared = against_baseline(table, "me", ["train.lr"], ["test_miou"])
+    assert compared["test_miou vs baseline"].round(6).tolist()[:3] == [0.2, 0.0, -0.2]
+    assert compared["params changed"].tolist()[0] == "train.lr: 0.006 -> 0.01"
+    with pytest.raises(SegpipeError, match="--baseline nope: no such run"):
+        against_baseline(table, "nope", ["train.lr"], ["test_miou"])
 
 # --- colours and pages ------------------------------------------------------------------
 

@@ -10,12 +10,13 @@ import torch
 from PIL import Image
 
 from segpipe.config import parse_params
+from segpipe.data.batches import Batches
 from segpipe.data.processed import ProcessedSplit
 from segpipe.data.resolution import Resize
 from segpipe.data.sources import import_dataset
 from segpipe.device import runtime_for
-from segpipe.engine import Batches, score_test
-from segpipe.metrics import scores
+from segpipe.evaluation.metrics import scores
+from segpipe.evaluation.scoring import score_test
 
 CPU = runtime_for("cpu", False, False)
 

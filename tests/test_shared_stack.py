@@ -1,6 +1,6 @@
 """A team's shared stack, for real, on 127.0.0.1: an MLflow server on PostgreSQL that
 serves artifacts from S3-compatible storage (moto's server), and a DVC remote on the
-same storage. One stack for the module, started and stopped by segpipe.team_stack as
+same storage. One stack for the module, started and stopped by tools.team_stack as
 a user starts it; the pipeline runs are experiments on the session's tiny baseline."""
 
 from __future__ import annotations
@@ -24,10 +24,16 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from segpipe.errors import SegpipeError
-from segpipe.team_stack import (
-    ACCESS_KEY_ID, ARTIFACTS_BUCKET, DVC_BUCKET, HOST, SECRET_ACCESS_KEY, TeamStack, postgres_bin,
-)
 from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue, user_env
+from tools.team_stack import (
+    ACCESS_KEY_ID,
+    ARTIFACTS_BUCKET,
+    DVC_BUCKET,
+    HOST,
+    SECRET_ACCESS_KEY,
+    TeamStack,
+    postgres_bin,
+)
 
 # One worker runs the module: its tests share module-scoped fixtures.
 pytestmark = pytest.mark.xdist_group("stack")
@@ -302,7 +308,7 @@ EPOCHS = 12
 
 @pytest.mark.e2e
 def test_a_server_that_goes_away_mid_training_stops_or_spares_the_run_as_mlflow_required_says(stack, baseline, tmp_path):
-    from segpipe.checkpoint import ResumeState
+    from segpipe.training.resume import ResumeState
 
     projects = {}
     for required in (True, False):
@@ -356,7 +362,7 @@ def test_a_run_whose_new_experiment_another_writer_created_first_still_records(s
     nothing, and create it: all but one are told it already exists, and must use it."""
     import mlflow
 
-    from segpipe.tracking import TrainingRun
+    from segpipe.tracking.runs import TrainingRun
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.tracking_uri)
@@ -398,7 +404,7 @@ def test_the_command_keeps_runs_and_artifacts_across_a_restart_and_stops_on_ctrl
     assert not (stack.folder / "postgres/postmaster.pid").exists()  # a clean shutdown
 
     command = subprocess.Popen(
-        [sys.executable, "-m", "segpipe.team_stack", "--dir", str(stack.folder), "--mlflow-port", "0",
+        [sys.executable, "-m", "tools.team_stack", "--dir", str(stack.folder), "--mlflow-port", "0",
          "--s3-port", "0", "--postgres-port", "0"],
         env=user_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines: list[str] = []
@@ -441,7 +447,7 @@ def test_the_command_names_a_busy_port_and_the_option_to_change(tmp_path):
         busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "segpipe.team_stack", "--dir", str(tmp_path / "stack"),
+        result = subprocess.run([sys.executable, "-m", "tools.team_stack", "--dir", str(tmp_path / "stack"),
                                  "--mlflow-port", str(port), "--s3-port", "0", "--postgres-port", "0"],
                                 env=user_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
@@ -449,7 +455,7 @@ def test_the_command_names_a_busy_port_and_the_option_to_change(tmp_path):
 
 
 def test_without_postgresql_the_error_says_how_to_install_it(monkeypatch):
-    import segpipe.team_stack as team_stack
+    import tools.team_stack as team_stack
 
     monkeypatch.setattr(team_stack.shutil, "which", lambda name: None)
     monkeypatch.setattr(team_stack.glob, "glob", lambda pattern: [])
@@ -458,7 +464,7 @@ def test_without_postgresql_the_error_says_how_to_install_it(monkeypatch):
 
 
 def test_a_missing_python_part_is_named_with_the_requirement_to_install(monkeypatch):
-    import segpipe.team_stack as team_stack
+    import tools.team_stack as team_stack
 
     monkeypatch.setitem(team_stack.PYTHON_PARTS, "segpipe_no_such_module.server", "no-such-server[extra]")
     with pytest.raises(SegpipeError, match=r"needs no-such-server\[extra\] in this environment: "

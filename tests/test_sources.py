@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segpipe.config import ResizeParams, SegpipeConfigError, parse_params
 from segpipe.data import IGNORE_INDEX, oxford_pet, voc2012
 from segpipe.data.download import Archive
-from segpipe.config import ResizeParams, SegpipeConfigError, parse_params
 from segpipe.data.preprocess import load_sample, preprocess
-from segpipe.data.resolution import Resize
 from segpipe.data.processed import ProcessedSplit
 from segpipe.data.raw import RawDataset
+from segpipe.data.resolution import Resize
 from segpipe.data.sources import import_dataset
 from segpipe.errors import SegpipeError
 
@@ -119,7 +119,7 @@ def test_oxford_pet_keeps_the_official_test_list_and_carves_validation_from_trai
 # --- PASCAL VOC 2012 ---------------------------------------------------------------
 
 def voc_palette() -> list[int]:
-    from segpipe.overlay import PALETTE
+    from segpipe.reporting.overlay import PALETTE
 
     return PALETTE.reshape(-1).tolist()
 

@@ -3,24 +3,18 @@ them re-runs the stage, and editing anything else does not."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import tomllib
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.import_graph import stage_files
+from tools.stage_deps import declared_code, rewrite, stage_files, wanted_deps
 
-
-def declared_code(stage: dict) -> set[Path]:
-    """The .py files a stage's deps name (a folder dep stands for the modules in it)."""
-    files: set[Path] = set()
-    for dep in stage["deps"]:
-        path = REPO_ROOT / dep
-        if dep.startswith(("src/", "stages/")):
-            files |= set(path.rglob("*.py")) if path.is_dir() else {path}
-    return files
+FIX = "run `python -m tools.stage_deps`, which rewrites dvc.yaml's code deps from the imports"
 
 
 def test_every_stage_depends_on_exactly_the_code_it_imports():
@@ -29,12 +23,35 @@ def test_every_stage_depends_on_exactly_the_code_it_imports():
     for name, stage in stages.items():
         script = REPO_ROOT / stage["cmd"].split()[-1]
         imported = stage_files(script, REPO_ROOT / "src")
-        declared = declared_code(stage)
+        declared = declared_code(stage, REPO_ROOT)
         for path in sorted(imported - declared):
             problems.append(f"{name}: add `- {path.relative_to(REPO_ROOT)}` to its deps (the stage imports it)")
         for path in sorted(declared - imported):
             problems.append(f"{name}: remove `{path.relative_to(REPO_ROOT)}` from its deps (the stage never imports it)")
-    assert not problems, "dvc.yaml disagrees with the code:\n" + "\n".join(problems)
+    assert not problems, f"dvc.yaml disagrees with the code ({FIX}):\n" + "\n".join(problems)
+
+
+def test_the_deps_tool_writes_what_the_check_expects_and_keeps_everything_else():
+    text = (REPO_ROOT / "dvc.yaml").read_text()
+    assert rewrite(text, wanted_deps(REPO_ROOT)) == text, FIX
+    # A stage that lost a module and gained a stale one gets exactly its imports back; its other
+    # deps (data, the model) and comments stay where they were.
+    broken = text.replace("      - src/segpipe/evaluation/scoring.py\n", "", 1).replace(
+        "      - src/segpipe/runner.py\n", "      - src/segpipe/runner.py\n      - src/segpipe/serving/export.py\n", 1)
+    assert broken != text
+    assert rewrite(broken, wanted_deps(REPO_ROOT)) == text
+
+
+def test_a_package_the_stage_runs_whole_is_one_folder_dep_and_the_cache_boundaries_hold():
+    deps = {name: stage["deps"] for name, stage in yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"].items()}
+    assert "src/segpipe/models" in deps["train"] and "src/segpipe/training" in deps["train"]
+    # Serving code (predict, export) re-runs no stage; augmentation re-runs train, not evaluate or report.
+    for name, listed in deps.items():
+        assert not [d for d in listed if d.startswith("src/segpipe/serving")], name
+    for name in ("evaluate", "report"):
+        assert not [d for d in deps[name] if d.startswith("src/segpipe/training")], name
+    # The maintainer tools and their dependencies are no part of any stage.
+    assert not [d for listed in deps.values() for d in listed if d.startswith("tools/")]
 
 
 def test_the_walk_follows_in_function_imports_and_package_inits(tmp_path):
@@ -59,8 +76,22 @@ def test_each_stage_really_imports_no_more_than_the_walk_found():
                  f"import importlib; spec = importlib.util.spec_from_file_location('stage', '{script}'); "
                  "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
                  "print('\\n'.join(m.__file__ for m in list(sys.modules.values()) "
-                 "if getattr(m, '__file__', None) and m.__name__.split('.')[0] in ('segpipe', '_bootstrap')))")
+                 "if getattr(m, '__file__', None) and m.__name__.split('.')[0] in ('segpipe', '_syspath')))")
         loaded = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
         at_import = {Path(line).resolve() for line in loaded.stdout.split()}
         walked = {p.resolve() for p in stage_files(script, REPO_ROOT / "src")}
         assert at_import <= walked, f"{name}: {sorted(map(str, at_import - walked))}"
+
+
+def test_the_product_imports_none_of_the_scaffoldings_dependencies():
+    # psycopg, boto3 and moto serve the team stack, vl-convert the plots page: tools/ alone, and extras.
+    heavy = ("psycopg", "boto3", "moto", "vl_convert")
+    found = []
+    for path in sorted((REPO_ROOT / "src").rglob("*.py")) + sorted((REPO_ROOT / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(REPO_ROOT)}: {n}" for n in names if n.split(".")[0] in heavy]
+    assert found == []
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.split("[")[0].split(">")[0] in ("psycopg", "boto3", "moto")]

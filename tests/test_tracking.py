@@ -9,8 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from segpipe.compare import against_baseline, leaderboard, write_table
 from segpipe.errors import SegpipeError
+from segpipe.hashing import file_sha256
 from segpipe.models import ModelSpec, create_model
-from segpipe.tracking import ResultsRun, RunLink, TrainingRun, file_sha256, new_run_name, prepare_store, tracking_uri
+from segpipe.tracking.leaderboard import RunSummary, against_baseline, leaderboard, write_table
+from segpipe.tracking.lineage import new_run_name
+from segpipe.tracking.runs import ResultsRun, RunLink, TrainingRun
+from segpipe.tracking.store import prepare_store, tracking_uri
 
 
 def free_port() -> int:
@@ -74,8 +77,8 @@ def test_the_default_store_is_the_projects_sqlite_file_even_in_a_dvc_temp_copy(i
 
 
 def save_model(folder: Path) -> Path:
-    from segpipe.checkpoint import ModelCheckpoint
     from segpipe.data.processed import DatasetInfo
+    from segpipe.models.checkpoint import ModelCheckpoint
 
     spec = ModelSpec("cnn", 3, "max", 4)
     info = DatasetInfo("shapes", ["a", "b", "c"], 255, {"by": "shorter_side", "to": 16}, [0.5] * 3, [0.2] * 3)
@@ -143,7 +146,7 @@ def test_results_of_a_model_whose_run_is_not_in_this_store_go_to_a_new_run_that_
 def test_two_runs_have_different_names_even_after_seeding_every_rng(in_tmp, monkeypatch):
     import random
 
-    from segpipe.engine import seed_everything
+    from segpipe.training.loop import seed_everything
 
     names = []
     for _ in range(2):
@@ -174,7 +177,7 @@ def test_a_copied_project_does_not_write_into_the_original(tmp_path, monkeypatch
 READ_ONLY = """
 import sys
 from segpipe.errors import SegpipeError
-from segpipe.tracking import TrainingRun
+from segpipe.tracking.runs import TrainingRun
 run = TrainingRun("segpipe", {"a": 1}, {}, False, "second")
 run.log_metrics({"loss": 1.0}, step=1)
 run.finish()
@@ -203,7 +206,7 @@ def read_only(path: Path):
 
 def test_a_read_only_store_is_a_warning_when_tracking_is_not_required(tmp_path):
     # Separate processes: a connection opened before the file became read-only could still write.
-    create = "from segpipe.tracking import TrainingRun; TrainingRun('segpipe', {}, {}, True, 'first').finish()"
+    create = "from segpipe.tracking.runs import TrainingRun; TrainingRun('segpipe', {}, {}, True, 'first').finish()"
     assert subprocess.run([sys.executable, "-c", create], cwd=tmp_path, env=clean_env()).returncode == 0
     with read_only(tmp_path / "mlflow.db"):
         result = subprocess.run([sys.executable, "-c", READ_ONLY], cwd=tmp_path, capture_output=True, text=True,
@@ -265,7 +268,7 @@ def test_an_unreachable_server_is_a_warning_when_not_required(in_tmp, monkeypatc
 
 WRITER = """
 import sys
-from segpipe.tracking import TrainingRun
+from segpipe.tracking.runs import TrainingRun
 run = TrainingRun("parallel", {"worker": sys.argv[1]}, {}, True, f"writer-{sys.argv[1]}")
 for step in range(15):
     run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
@@ -292,15 +295,13 @@ def test_a_broken_store_is_named(in_tmp):
         prepare_store(tracking_uri())
 
 
-RUNS = pd.DataFrame({
-    "run_id": ["a", "b", "c"],
-    "tags.dvc_exp_name": ["exp-a", "exp-b", None],
-    "tags.git_commit": ["1234567890abcdef", "1234567890abcdef", "fedcba0987654321"],
-    "params.model.name": ["unet", "fcn", "unet"],
-    "params.train.lr": ["0.006", "0.006", "0.01"],
-    "metrics.test_miou": [0.80, 0.90, np.nan],
-    "metrics.test_f1": [0.85, 0.95, 0.5],
-})
+RUNS = [  # as experiment_runs reads them from MLflow: newest first
+    RunSummary("a", "exp-a", 3, "1234567890abcdef", {"test_miou": 0.80, "test_f1": 0.85},
+               {"model.name": "unet", "train.lr": "0.006"}, {"dvc_exp_name": "exp-a"}),
+    RunSummary("b", "exp-b", 2, "1234567890abcdef", {"test_miou": 0.90, "test_f1": 0.95},
+               {"model.name": "fcn", "train.lr": "0.006"}, {"dvc_exp_name": "exp-b"}),
+    RunSummary("c", "c", 1, "fedcba0987654321", {"test_f1": 0.5}, {"model.name": "unet", "train.lr": "0.01"}),
+]
 
 
 def test_leaderboard_sorts_best_first_with_missing_metrics_last():

@@ -11,13 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from segpipe.compare import DEFAULT_METRICS, DEFAULT_PARAMS
-from segpipe.config import SegpipeConfigError
 from segpipe.errors import SegpipeError
+from segpipe.paths import BEST_MODEL
+from segpipe.tracking.leaderboard import DEFAULT_METRICS, DEFAULT_PARAMS
 
 
 def predict_images_command(args) -> int:
-    from segpipe.predict import predict_images
+    from segpipe.serving.predict import predict_images
 
     run = predict_images(args.model, args.images, args.out, args.device, args.window, args.overlap, args.batch_size,
                          args.probabilities)
@@ -32,9 +32,9 @@ def predict_images_command(args) -> int:
 
 
 def export_onnx_command(args) -> None:
-    from segpipe.checkpoint import load_model_checkpoint
-    from segpipe.export import ATOL, RTOL, export_onnx
-    from segpipe.inference import photo_inputs
+    from segpipe.models.checkpoint import load_model_checkpoint
+    from segpipe.serving.export import ATOL, RTOL, export_onnx
+    from segpipe.serving.inference import photo_inputs
 
     checkpoint = load_model_checkpoint(args.model)
     report = export_onnx(checkpoint, args.out, photo_inputs(args.samples, checkpoint.data) or None,
@@ -43,11 +43,11 @@ def export_onnx_command(args) -> None:
     print(report.summary())
 
 
-def compare_runs(args) -> None:
+def compare_command(args) -> None:
     import pandas as pd
 
-    from segpipe.compare import against_baseline, leaderboard, search_runs, write_table
-    from segpipe.tracking import tracking_uri
+    from segpipe.tracking.leaderboard import against_baseline, leaderboard, search_runs, write_table
+    from segpipe.tracking.store import tracking_uri
 
     experiment = args.experiment or _experiment_from_params()
     table = leaderboard(search_runs(experiment, tracking_uri()), args.params, args.metrics, args.sort, args.ascending)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     predict = commands.add_parser("predict", help="segment new images with a trained model")
     predict.add_argument("images", nargs="+", help="image files, folders (the images directly inside) or quoted globs "
                                                    "('photos/**/*.jpg')")
-    predict.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    predict.add_argument("--model", type=Path, default=BEST_MODEL)
     predict.add_argument("--out", type=Path, default=Path("predictions"))
     predict.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     predict.add_argument("--probabilities", action="store_true", help="also write one probability map per class")
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--overlap", type=float, default=0.5, help="fraction by which windows overlap (default 0.5)")
     predict.add_argument("--batch-size", type=int, default=8, help="images or windows per forward pass")
     export = commands.add_parser("export", help="write the model as ONNX, checked against PyTorch")
-    export.add_argument("--model", type=Path, default=Path("models/model.pt"), help="default: models/model.pt")
-    export.add_argument("--out", type=Path, default=Path("models/model.onnx"), help="default: models/model.onnx")
+    export.add_argument("--model", type=Path, default=BEST_MODEL, help="default: models/model.pt")
+    export.add_argument("--out", type=Path, default=BEST_MODEL.with_suffix(".onnx"), help="default: models/model.onnx")
     export.add_argument("--samples", nargs="*", type=Path, default=[],
                         help="images to check ONNX Runtime against PyTorch on (default: random images of three sizes)")
     export.add_argument("--atol", type=float, default=None, help="absolute tolerance on logits (default 1e-4)")
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             export_onnx_command(args)
         elif args.command == "compare":
-            compare_runs(args)
-    except (SegpipeError, SegpipeConfigError) as exc:
+            compare_command(args)
+    except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

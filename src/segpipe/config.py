@@ -5,7 +5,7 @@ keys are errors and types are strict (`epochs: true` is not 1), so a misspelt
 key or a wrong value fails loudly before any work instead of silently falling
 back to something else.
 
-This module is a leaf: it imports no other segpipe module. Named choices
+This module imports only errors.py, so that every stage can read params cheaply. Named choices
 (model.name, loss.name, data.dataset) are checked by their registries, which
 the stages consult before any work.
 
@@ -25,11 +25,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from segpipe.errors import SegpipeError
+
 PARAMS_FILE = "params.yaml"
 
 
-class SegpipeConfigError(Exception):
-    """params.yaml is missing, unreadable or invalid (a SegpipeError: see errors.py)."""
+class SegpipeConfigError(SegpipeError):
+    """params.yaml is missing, unreadable or invalid: a SegpipeError like every other user-facing problem."""
 
 
 class Strict(BaseModel):
@@ -167,7 +169,7 @@ class ModelParams(Strict):
 
 
 class LossParams(Strict):
-    name: str  # checked against segpipe.losses.LOSSES
+    name: str  # checked against segpipe.training.losses.LOSSES
     # null (unweighted), median_frequency (from the training split's pixel counts),
     # or one weight per class in the dataset's class order.
     class_weights: Literal["median_frequency"] | list[Annotated[float, Field(ge=0.0)]] | None

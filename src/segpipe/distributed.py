@@ -3,7 +3,8 @@
 `python stages/train.py` with train.nproc > 1 starts torchrun itself (one process
 per GPU, or CPU processes on gloo); under torchrun (RANK and WORLD_SIZE set, on one
 node or many) each process joins the group. Everything else asks `Distributed`:
-which shard of the data is mine, am I the process that logs and writes outputs.
+which shard of the data is mine, am I the process that logs and writes outputs;
+and the loops reduce their sums with `all_reduce`, never torch.distributed directly.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ class Distributed:
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum over all processes (in place), or the tensor itself in one process."""
-        if self.active:
-            dist.all_reduce(tensor)
-        return tensor
+        return all_reduce(tensor) if self.active else tensor
 
     def barrier(self) -> None:
         if self.active:
@@ -46,6 +45,14 @@ class Distributed:
     def close(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """`tensor` reduced in place over the processes of the running group ("sum" or "max"),
+    untouched in a single process. The loops call this where they hold no Distributed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor
 
 
 def under_torchrun() -> bool:

@@ -1,4 +1,7 @@
-"""The one exception type users see: a message that names the file or key and the fix."""
+"""The one exception type users see: a message that names the file or key and the fix;
+and the one way a stage warns."""
+
+import sys
 
 
 class SegpipeError(Exception):
@@ -10,3 +13,7 @@ def shortlist(items: list[str], limit: int, separator: str = ", ") -> str:
     files without burying the fix under thousands of them."""
     shown = separator.join(items[:limit])
     return shown + (f"{separator}... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -9,7 +9,6 @@ resumes a partial download, and the official VOC archive is 2 GB.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from segpipe.errors import SegpipeError
+from segpipe.hashing import file_digest
+from segpipe.progress import progress_bar
 
 CHUNK = 1 << 20
 
@@ -44,24 +45,10 @@ def archive_url(archive: Archive, mirror: str | None) -> str:
     return f"{mirror.rstrip('/')}/{archive.filename}" if mirror else archive.url
 
 
-def file_checksum(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _matches(path: Path, checksum: str) -> tuple[bool, str]:
     algorithm, expected = checksum.split(":", 1)
-    actual = file_checksum(path, algorithm)
+    actual = file_digest(path, algorithm)
     return actual == expected, f"{algorithm}:{actual}"
-
-
-def _progress(total: int | None, initial: int, name: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=name, disable=not sys.stderr.isatty())
 
 
 def _download_once(url: str, partial: Path, timeout: float) -> None:
@@ -88,7 +75,8 @@ def _download_once(url: str, partial: Path, timeout: float) -> None:
         expected_total = offset + int(length) if length is not None else None
         written = offset
         try:
-            with open(partial, "ab" if resumed else "wb") as handle, _progress(expected_total, offset, partial.stem) as bar:
+            bar = progress_bar(expected_total, partial.stem, "B", offset, sys.stderr, leave=True)
+            with open(partial, "ab" if resumed else "wb") as handle, bar:
                 while block := response.read(CHUNK):
                     handle.write(block)
                     written += len(block)

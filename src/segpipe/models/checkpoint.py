@@ -1,18 +1,16 @@
-"""Typed checkpoints, with one loader that evaluate, report, predict and export share.
+"""models/model.pt: the trained model, with one loader that evaluate, report,
+predict and export share.
 
-ModelCheckpoint (models/model.pt, a DVC output) holds results only: the
-architecture, the weights and the data contract a prediction needs (classes,
-ignore label, working resolution, normalisation). Nothing machine-local, so the
-same training gives the same bytes, and a teammate who pulls it can use it with
-their own MLflow store (the link to the run lives beside it: see tracking.py).
-
-ResumeState (models/resume/state.pt, not a DVC output) holds everything a
-crashed or interrupted training needs to go on from its last completed epoch.
-"""
+A ModelCheckpoint (a DVC output) holds results only: the architecture, the
+weights and the data contract a prediction needs (classes, ignore label, working
+resolution, normalisation). Nothing machine-local, so the same training gives the
+same bytes, and a teammate who pulls it can use it with their own MLflow store (the
+link to the run lives beside it: see tracking/runs.py). model_metadata is that
+contract in the words exported models carry."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +23,9 @@ from segpipe.models import MODELS, ModelSpec, create_model
 from segpipe.models.blocks import SegmentationModel
 
 MODEL_FORMAT = 2
-RESUME_FORMAT = 1
+
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ModelCheckpoint:
             raise SegpipeError(f"{source} is not a complete segpipe model checkpoint ({exc}); retrain it") from None
 
 
-def _load(path: Path, what: str, device: torch.device | str = "cpu") -> dict:
+def load_torch_file(path: Path, what: str, device: torch.device | str = "cpu") -> dict:
     if not path.exists():
         raise SegpipeError(f"{path} not found; run the train stage first (dvc repro train)")
     try:
@@ -95,37 +95,23 @@ def _load(path: Path, what: str, device: torch.device | str = "cpu") -> dict:
 
 def load_model_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> ModelCheckpoint:
     path = Path(path)
-    return ModelCheckpoint.from_dict(_load(path, "checkpoint", device), path)
+    return ModelCheckpoint.from_dict(load_torch_file(path, "checkpoint", device), path)
 
 
-@dataclass
-class ResumeState:
-    """Everything needed to go on after the last completed epoch."""
-
-    fingerprint: str         # of the inputs: a resume only continues the same training
-    epoch: int               # the last completed epoch
-    model: dict
-    optimizer: dict
-    scheduler: dict
-    scaler: dict
-    rng: dict                # {"torch": ByteTensor, "generator": ByteTensor}
-    history: list[dict]
-    best: ModelCheckpoint | None
-    mlflow_run_id: str | None
-    mlflow_run_name: str
-    started: float           # wall-clock seconds spent in earlier attempts
-    extra: dict = field(default_factory=dict)
-
-    def save(self, path: Path) -> None:
-        payload = {**{k: v for k, v in self.__dict__.items() if k != "best"}, "format": RESUME_FORMAT,
-                   "best": self.best.to_dict() if self.best else None}
-        with atomic_file(path, "wb") as handle:
-            torch.save(payload, handle)
-
-    @classmethod
-    def load(cls, path: Path) -> "ResumeState":
-        raw = _load(path, "resume state")
-        if raw.pop("format", None) != RESUME_FORMAT:
-            raise SegpipeError(f"{path} is a resume state of another version; delete it to train from the start")
-        best = raw.pop("best")
-        return cls(**raw, best=ModelCheckpoint.from_dict(best, path) if best else None)
+def model_metadata(checkpoint: ModelCheckpoint) -> dict:
+    """What must travel with an exported model for anyone to use it correctly."""
+    data = checkpoint.data
+    return {
+        "model": checkpoint.spec.name,
+        "classes": list(data.classes),
+        "ignore_index": data.ignore_index,
+        "resize": dict(data.resize),
+        "training_input_shape": list(checkpoint.input_shape),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "input": f"{INPUT_NAME}: float32 (N, 3, H, W), RGB at the working resolution (resize: shorter_side/longer_side "
+                 "scale that side to `to`, factor scales by `to`, exact is [height, width]; bilinear), divided by 255, "
+                 "then (x - mean) / std per channel",
+        "output": f"{OUTPUT_NAME}: float32 (N, classes, H, W); resize bilinearly to the photo's size, then argmax over "
+                  "classes is the mask (class index per pixel)",
+    }

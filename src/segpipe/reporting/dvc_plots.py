@@ -13,12 +13,7 @@ row summing to 1, and .dvc/plots/heatmap.json draws it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-
-PER_CLASS = Path("metrics/per_class.json")
-CONFUSION_NORMALIZED = Path("metrics/confusion_normalized.json")
 
 
 def row_rates(matrix: np.ndarray) -> np.ndarray:

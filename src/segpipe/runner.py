@@ -1,6 +1,5 @@
-"""What every DVC stage entry point shares: the file contract between stages,
-params loading, clean error reporting, and a one-line JSON summary of what the
-stage did."""
+"""What every DVC stage's entry point shares: params loading, clean error reporting,
+and a one-line JSON summary of what the stage did."""
 
 from __future__ import annotations
 
@@ -10,26 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from segpipe.config import PARAMS_FILE, Params, SegpipeConfigError, parse_params, read_params_file
+from segpipe.config import PARAMS_FILE, Params, parse_params, read_params_file
 from segpipe.errors import SegpipeError
-
-# DVC runs every stage from the folder that holds dvc.yaml: the project root.
-PROJECT_ROOT = Path.cwd()
-RAW_DIR = Path("data/raw")
-# Verified archives, kept outside DVC's outputs so that re-running download never fetches them again.
-DOWNLOAD_CACHE = Path("data/downloads")
-PROCESSED_DIR = Path("data/processed")
-BEST_MODEL = Path("models/model.pt")
-RUN_LINK = Path("models/mlflow_run.json")
-# Resume state: not a DVC output, so DVC does not delete it before re-running train.
-RESUME_DIR = Path("models/resume")
-RESUME_STATE = RESUME_DIR / "state.pt"
-METRICS_DIR = Path("metrics")
-TRAIN_METRICS = METRICS_DIR / "train.json"
-TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
-EVAL_METRICS = METRICS_DIR / "eval.json"
-CONFUSION_MATRIX = METRICS_DIR / "confusion_matrix.json"
-REPORTS_DIR = Path("reports")
 
 _loaded_digest: str | None = None
 
@@ -64,7 +45,7 @@ def run_stage(main: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
-    except (SegpipeError, SegpipeConfigError) as exc:
+    except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -81,7 +62,3 @@ def run_stage(main: Callable[[], None]) -> None:
 
 def print_summary(stage: str, **fields: Any) -> None:
     print(json.dumps({"stage": stage, **fields}), flush=True)
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -3,7 +3,7 @@ runs, S3-compatible object storage (moto's server) holds MLflow's artifacts and 
 bucket for a DVC remote, and `mlflow server` on top serves the artifacts through
 itself, so clients need the server's URL and nothing else.
 
-    python -m segpipe.team_stack [--dir .team-stack] [--mlflow-port 5000] [--s3-port 9000] [--postgres-port 5433]
+    python -m tools.team_stack [--dir .team-stack] [--mlflow-port 5000] [--s3-port 9000] [--postgres-port 5433]
 
 Everything listens on 127.0.0.1 and keeps its data in one folder: PostgreSQL's
 cluster, and a copy of the buckets that is written when the stack stops (moto
@@ -188,7 +188,7 @@ class PostgresUser:
                 entry = pwd.getpwnam(name)
                 return cls(entry.pw_uid, entry.pw_gid, name)
         raise SegpipeError("PostgreSQL refuses to run as root, and this machine has neither a 'postgres' nor a "
-                           "'nobody' user to run it as; run segpipe.team_stack as an ordinary user")
+                           "'nobody' user to run it as; run tools.team_stack as an ordinary user")
 
     def blocked_at(self, folder: Path) -> Path | None:
         """The first folder on the way to `folder` that this user may not enter, if any."""
@@ -462,7 +462,7 @@ def _raise_stop(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segpipe.team_stack", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.team_stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path(".team-stack"),
                         help="folder for the stack's data and logs (default: .team-stack in the current folder)")
     parser.add_argument("--mlflow-port", type=int, default=5000)

@@ -1,5 +1,5 @@
 """Taking a trained model out of segpipe: ONNX (`segpipe export`), and the
-torch.export program that training logs to MLflow (tracking.TrainingRun.log_model).
+torch.export program that training logs to MLflow (tracking/runs.py: TrainingRun.log_model).
 
 Both carry the metadata a user needs to prepare the input and read the output
 (model_metadata): class names, ignore label, the working-resolution rule and
@@ -12,8 +12,9 @@ stride (feature_stride).
 The ONNX file is written only after ONNX Runtime has reproduced PyTorch's logits
 on sample inputs within the stated tolerance.
 
-Training imports this module (to log the model), so it imports nothing of the
-prediction side: a change to sliding windows must not re-run the train stage.
+The metadata (models/checkpoint.py: model_metadata) and the example sizes
+(models/forward.py) are shared with the MLflow model, which training logs: this
+module is imported by `segpipe export` alone, so changing it re-runs no stage.
 """
 
 from __future__ import annotations
@@ -26,72 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from segpipe.atomic import atomic_file
-from segpipe.checkpoint import ModelCheckpoint
 from segpipe.errors import SegpipeError
+from segpipe.models.checkpoint import INPUT_NAME, OUTPUT_NAME, ModelCheckpoint, model_metadata
+from segpipe.models.forward import export_example, feature_stride
 
 # The opset torch 2.14's ONNX exporter (dynamo=True) writes natively, without a
 # version conversion; ONNX Runtime runs it from 1.14 on, TensorRT from 8.6.
 ONNX_OPSET = 18
+
+
 # Logits from ONNX Runtime and from PyTorch (float32, CPU) must agree everywhere to
 # within ATOL + RTOL * (the batch's largest |logit|): float32 rounding grows with the
 # logits' scale, and a tiny unet with logits up to 35 differs by 2.5e-4 (8e-6 of it).
 ATOL, RTOL = 1e-4, 1e-4
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
-
-
-def model_metadata(checkpoint: ModelCheckpoint) -> dict:
-    """What must travel with an exported model for anyone to use it correctly."""
-    data = checkpoint.data
-    return {
-        "model": checkpoint.spec.name,
-        "classes": list(data.classes),
-        "ignore_index": data.ignore_index,
-        "resize": dict(data.resize),
-        "training_input_shape": list(checkpoint.input_shape),
-        "mean": list(data.mean),
-        "std": list(data.std),
-        "input": f"{INPUT_NAME}: float32 (N, 3, H, W), RGB at the working resolution (resize: shorter_side/longer_side "
-                 "scale that side to `to`, factor scales by `to`, exact is [height, width]; bilinear), divided by 255, "
-                 "then (x - mean) / std per channel",
-        "output": f"{OUTPUT_NAME}: float32 (N, classes, H, W); resize bilinearly to the photo's size, then argmax over "
-                  "classes is the mask (class index per pixel)",
-    }
-
-
-@torch.inference_mode()
-def feature_stride(model: torch.nn.Module, side: int = 256) -> int:
-    """How many input pixels the model's smallest feature map has per pixel (8 for cnn,
-    16 for unet, 32 for fcn), measured on one forward pass."""
-    smallest = [side]
-
-    def record(_module, _inputs, output):
-        if isinstance(output, torch.Tensor) and output.dim() == 4:
-            smallest.append(min(output.shape[-2:]))
-
-    hooks = [module.register_forward_hook(record) for module in model.modules()]
-    try:
-        parameter = next(model.parameters())
-        model(torch.zeros(1, getattr(model, "in_channels", 3), side, side, device=parameter.device, dtype=parameter.dtype))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return max(1, side // max(1, min(smallest)))
-
-
-def export_example(model: torch.nn.Module, example: np.ndarray) -> np.ndarray:
-    """A batch torch.export generalises from: at least two images, each side above the
-    model's stride. A smaller example is padded by repeating its edge pixels."""
-    batch = torch.from_numpy(np.ascontiguousarray(example, dtype=np.float32))
-    if batch.shape[0] < 2:
-        batch = torch.cat([batch, batch])[:2]
-    side = feature_stride(model) + 1
-    pad_h, pad_w = max(0, side - batch.shape[2]), max(0, side - batch.shape[3])
-    if pad_h or pad_w:
-        batch = F.pad(batch, (0, pad_w, 0, pad_h), mode="replicate")
-    return batch.numpy()
 
 
 def random_inputs(checkpoint: ModelCheckpoint, stride: int) -> list[np.ndarray]:

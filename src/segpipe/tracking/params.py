@@ -10,7 +10,6 @@ else the last commit.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from segpipe.config import PARAMS_FILE, SegpipeConfigError, flatten, read_params_file
+from segpipe.tracking.lineage import git
 
 MISSING = "(not set)"
 
@@ -52,12 +52,6 @@ class ParamChange:
     after: Any
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
 
 def reference_params(workdir: Path) -> Reference | None:
     """params.yaml at the DVC experiment's baseline (DVC_EXP_BASELINE_REV, set
@@ -65,8 +59,8 @@ def reference_params(workdir: Path) -> Reference | None:
     or when that commit has no readable params.yaml."""
     baseline = os.environ.get("DVC_EXP_BASELINE_REV")
     rev, what = (baseline, "the DVC experiment's baseline") if baseline else ("HEAD", "the last commit")
-    commit = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], workdir)
-    text = _git(["show", f"{rev}:{PARAMS_FILE}"], workdir) if commit else None
+    commit = git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], workdir)
+    text = git(["show", f"{rev}:{PARAMS_FILE}"], workdir) if commit else None
     if text is None:
         return None
     # Read through config's own YAML reader (YAML 1.2 floats, as DVC reads them).

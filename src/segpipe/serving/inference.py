@@ -20,15 +20,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from segpipe.checkpoint import ModelCheckpoint
-from segpipe.data.augment import to_float_images
 from segpipe.data.images import read_rgb, resize_rgb
+from segpipe.data.normalise import to_float_images
 from segpipe.data.processed import DatasetInfo
 from segpipe.data.resolution import Resize
 from segpipe.device import Runtime
-from segpipe.engine import predict_logits
 from segpipe.errors import SegpipeError
-from segpipe.export import feature_stride
+from segpipe.models.checkpoint import ModelCheckpoint
+from segpipe.models.forward import feature_stride, predict_logits
 
 # An image is scored whole unless a side at the working resolution exceeds this
 # many window sides: whole images give the model all the context there is.

@@ -15,11 +15,11 @@ import base64
 import html
 from dataclasses import dataclass, field
 
-from segpipe.bootstrap import Interval
 from segpipe.errors import shortlist
-from segpipe.figures import Figure
-from segpipe.run_history import ComparedRun
-from segpipe.run_params import ParamChange, Reference
+from segpipe.evaluation.intervals import Interval
+from segpipe.reporting.figures import Figure
+from segpipe.tracking.leaderboard import ComparedRun
+from segpipe.tracking.params import ParamChange, Reference
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ matplotlib.use("Agg")  # headless: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from segpipe.overlay import legend_colours, overlay  # noqa: E402
-from segpipe.plots import row_rates  # noqa: E402
+from segpipe.reporting.dvc_plots import row_rates  # noqa: E402
+from segpipe.reporting.overlay import legend_colours, overlay  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from segpipe.distributed import all_reduce
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
@@ -40,8 +41,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the counts of every process, once, at the end of an evaluation."""
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.counts)
+        all_reduce(self.counts)
 
     def numpy(self) -> np.ndarray:
         return self.counts.cpu().numpy()

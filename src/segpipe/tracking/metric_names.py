@@ -39,7 +39,7 @@ def test_metrics(native: dict, working: dict) -> dict[str, float | None]:
 
 
 def interval_metrics(intervals: dict) -> dict[str, float]:
-    """The bounds of the bootstrap confidence intervals (segpipe.bootstrap.Interval by score)."""
+    """The bounds of the bootstrap confidence intervals (segpipe.evaluation.intervals.Interval by score)."""
     flat = {}
     for name, interval in intervals.items():
         if interval is not None:

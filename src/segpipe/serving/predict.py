@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,9 @@ from segpipe.atomic import atomic_file, write_json
 from segpipe.data import IGNORE_INDEX
 from segpipe.data.images import EXTENSIONS, BadImageFile, read_rgb
 from segpipe.errors import SegpipeError, shortlist
-from segpipe.inference import Predictor, Scored, WindowPlan
-from segpipe.overlay import PALETTE, overlay
+from segpipe.progress import progress_bar
+from segpipe.reporting.overlay import PALETTE, overlay
+from segpipe.serving.inference import Predictor, Scored, WindowPlan
 
 MANIFEST = "predictions.json"
 
@@ -200,22 +200,13 @@ def write_outputs(image: np.ndarray, scored: Scored, name: Path, classes: list[s
             "size": list(image.shape[:2]), "working_size": list(scored.working_shape), "windows": scored.windows}
 
 
-def _progress(total: int):
-    """A live bar on a terminal only; logs get the list of written files instead."""
-    if sys.stdout.isatty():
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc="predict", unit="image", leave=False)
-    return None
-
-
 # --- the command -----------------------------------------------------------------------
 
 
 def predict_images(model_path: Path, arguments: list[str], out_dir: Path, device: str = "auto", window: str = "auto",
                    overlap: float = 0.5, batch_size: int = 8, probabilities: bool = False) -> PredictionRun:
-    from segpipe.checkpoint import load_model_checkpoint
     from segpipe.device import runtime_for
+    from segpipe.models.checkpoint import load_model_checkpoint
 
     checkpoint = load_model_checkpoint(model_path)
     plan = WindowPlan.parse(window, checkpoint.input_shape, overlap)
@@ -225,15 +216,12 @@ def predict_images(model_path: Path, arguments: list[str], out_dir: Path, device
     if not files:
         raise SegpipeError(f"nothing to predict: {shortlist([f.error for f in run.failed], 5, '; ')}")
     names = output_names(files)
-    bar = _progress(len(files))
-    for batch in read_in_batches(files, predictor, run.failed):
-        for (path, image), scored in zip(batch, predictor.score([image for _, image in batch])):
-            entry = write_outputs(image, scored, out_dir / names[path], checkpoint.data.classes, probabilities)
-            run.predicted.append({"input": str(path), **entry})
-        if bar is not None:
+    with progress_bar(len(files), "predict", "image") as bar:  # logs get the list of written files instead
+        for batch in read_in_batches(files, predictor, run.failed):
+            for (path, image), scored in zip(batch, predictor.score([image for _, image in batch])):
+                entry = write_outputs(image, scored, out_dir / names[path], checkpoint.data.classes, probabilities)
+                run.predicted.append({"input": str(path), **entry})
             bar.update(len(batch))
-    if bar is not None:
-        bar.close()
     try:
         write_json(out_dir / MANIFEST, {"model": str(model_path), "classes": checkpoint.data.classes,
                                         "predicted": run.predicted, "failed": [f.__dict__ for f in run.failed]})

@@ -16,9 +16,7 @@ import numpy as np
 
 from segpipe.atomic import atomic_file
 from segpipe.errors import SegpipeError
-from segpipe.metrics import scores
-
-PER_IMAGE = Path("metrics/per_image.npz")
+from segpipe.evaluation.metrics import scores
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segpipe.metrics import scores
+from segpipe.evaluation.metrics import scores
 
 # The scores an interval is given for: every one is a reduction of the summed matrix.
 SCORED = ("miou", "f1", "pixel_accuracy", "mean_class_accuracy")

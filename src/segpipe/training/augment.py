@@ -15,14 +15,6 @@ from torch.nn import functional as F
 from segpipe.config import AugmentParams
 
 
-def to_float_images(images: torch.Tensor, mean, std) -> torch.Tensor:
-    """(N,H,W,3) uint8 -> (N,3,H,W) float32 normalised by per-channel mean and std
-    (sequences or tensors, in [0, 1] units)."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    return (images.permute(0, 3, 1, 2).float().div_(255.0) - mean) / std
-
-
 def is_identity(params: AugmentParams) -> bool:
     return params.scale_min == params.scale_max == 1.0 and params.hflip == 0 and params.vflip == 0
 

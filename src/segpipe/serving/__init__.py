@@ -1,0 +1,2 @@
+"""Using a trained model outside the pipeline: prediction on new photos (with
+sliding windows) and ONNX export. No stage imports this folder."""

@@ -1,0 +1,206 @@
+"""The MLflow store a stage records into, and the policy for its failures.
+
+With mlflow.required: false, every failure of the store (unreachable, read-only,
+corrupt) is a warning and results stay in metrics/; with true it stops the stage
+with a message, and a run that was started is marked FAILED, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from segpipe.errors import SegpipeError, warn
+
+LOCAL_SCHEMES = ("sqlite:", "file:")
+
+
+def store_root() -> Path:
+    """The project folder the default store lives in. DVC runs queued experiments in a
+    temporary copy under .dvc/tmp/exps and deletes it afterwards, so a store beside
+    the working directory would lose them; DVC_ROOT names the real project."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else the SQLite store mlflow.db at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root() / 'mlflow.db'}"
+
+
+# A tracking server that went away must not hold a training for minutes: by default MLflow
+# retries a request 7 times over about 4 minutes and waits 120 s for each answer. These fail
+# a call to a dead server in about 7 s and to a frozen one in about a minute (docs/TEAM.md);
+# the user's own settings win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+# An upload goes through the server on to object storage before it is answered.
+UPLOAD_TIMEOUT = "120"
+
+
+def _quiet_mlflow():
+    # The pipeline runs offline: no usage telemetry unless the user asks for it.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for variable, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(variable, value)
+    import mlflow  # slow to import: only in the stages that track
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # It logs a store's database errors with a traceback; segpipe reports them in one sentence.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    return mlflow
+
+
+def prepare_store(uri: str) -> None:
+    """Make the store usable before any run starts.
+
+    A new SQLite store is created and migrated under a file lock: MLflow migrates
+    without one, and several processes opening a store that does not exist yet
+    (parallel queued experiments) can corrupt it for good. A tracking server must
+    answer its health check."""
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        database = Path(uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with FileLock(f"{database}.lock", timeout=300):
+                _quiet_mlflow().MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as exc:  # SQLAlchemy and MLflow raise many types for a broken file
+            raise SegpipeError(f"cannot open the MLflow store {uri}: {_short(exc)}; move the broken database aside "
+                               "or point MLFLOW_TRACKING_URI at another store") from None
+    elif uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise SegpipeError(f"the MLflow tracking server at {uri} is unreachable ({reason})") from None
+
+
+@contextmanager
+def _http_setting(variable: str, value: str) -> Iterator[None]:
+    """One MLflow HTTP setting changed for the calls inside (MLflow reads them on every
+    request), unless the user chose their own."""
+    before = os.environ.get(variable)
+    if before != HTTP_DEFAULTS[variable]:
+        yield
+        return
+    os.environ[variable] = value
+    try:
+        yield
+    finally:
+        os.environ[variable] = before
+
+
+def _connect(uri: str):
+    """MLflow, pointed at a store that is ready for use (see prepare_store)."""
+    prepare_store(uri)
+    mlflow = _quiet_mlflow()
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    # MLflow also exports the URI to the environment, where tracking_uri() would take it
+    # for the user's own setting the next time (another project, in the same process).
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+    return mlflow
+
+
+def _short(exc: BaseException) -> str:
+    """The root cause's first line, without SQLAlchemy's wrappers and pages of SQL."""
+    while (exc.__cause__ or exc.__context__) is not None and not isinstance(exc, SegpipeError):
+        exc = exc.__cause__ or exc.__context__
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _defined(metrics: dict[str, float | None]) -> dict[str, float]:
+    """Metrics that have a value: a class absent from a split has none (null in metrics/)."""
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+class Tracking:
+    """An MLflow connection that obeys mlflow.required: with true a failure of the
+    store is an error that names it; with false it is one warning, after which
+    nothing more is recorded (the metrics/ files still hold every result)."""
+
+    def __init__(self, required: bool):
+        self.required, self.uri = required, tracking_uri()
+        self.mlflow, self.run_id = None, None
+        self.owns_run = False  # a run this process started, to be marked FAILED if recording breaks
+        try:
+            self.mlflow = _connect(self.uri)
+        except SegpipeError as exc:
+            self._fail(exc, "connecting")
+
+    @property
+    def active(self) -> bool:
+        return self.mlflow is not None
+
+    def _fail(self, exc: BaseException, doing: str) -> None:
+        message = str(exc) if isinstance(exc, SegpipeError) else f"{doing} failed at {self.uri}: {_short(exc)}"
+        if self.owns_run and self.mlflow is not None:
+            try:  # a run that could not be completed must not stay RUNNING (end_run forgets it first, then marks it)
+                with _http_setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"):  # the store just failed: one try
+                    self.mlflow.end_run("FAILED")
+            except Exception:
+                pass
+        self.mlflow = None
+        if self.required:
+            raise SegpipeError(f"MLflow: {message}; fix the store or MLFLOW_TRACKING_URI, or set mlflow.required: false "
+                               "in params.yaml to go on without tracking") from None
+        warn(f"MLflow: {message}; going on without tracking (mlflow.required is false), results stay in metrics/")
+
+    @contextmanager
+    def guard(self, doing: str) -> Iterator[None]:
+        """Run MLflow calls (which check `active` first); a failure is handled as mlflow.required says."""
+        try:
+            yield
+        except SegpipeError as exc:
+            self._fail(exc, doing)
+        except Exception as exc:  # the store's own errors: SQLAlchemy, HTTP, OS
+            self._fail(exc, doing)
+
+    def experiment_id(self, name: str) -> str:
+        mlflow = self.mlflow
+        experiment = mlflow.get_experiment_by_name(name)
+        local = self.uri.startswith(LOCAL_SCHEMES)
+        if experiment is None:
+            try:
+                # A local store keeps artifacts beside it, wherever the stages happen to run from.
+                return mlflow.create_experiment(name, artifact_location=(store_root() / "mlruns").as_uri() if local else None)
+            except mlflow.exceptions.MlflowException as exc:
+                # Another first run (a parallel queued experiment, a teammate) created it since the look-up.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (experiment := mlflow.get_experiment_by_name(name)) is None:
+                    raise
+        check_artifacts_follow_project(self.uri, experiment.name, experiment.artifact_location)
+        return experiment.experiment_id
+
+
+def check_artifacts_follow_project(uri: str, experiment: str, artifact_location: str) -> None:
+    """A store inside this project must keep its artifacts inside it too. mlflow.db
+    stores absolute artifact paths, so a copied or moved project would otherwise
+    write its models and reports into the original's mlruns/."""
+    if not uri.startswith("sqlite:///"):
+        return
+    root, database = store_root(), Path(uri.removeprefix("sqlite:///")).resolve()
+    if not database.is_relative_to(root) or not artifact_location.startswith(("file:", "/")):
+        return
+    location = Path(urllib.parse.unquote(urllib.parse.urlparse(artifact_location).path) if artifact_location.startswith("file:")
+                    else artifact_location).resolve()
+    if not location.is_relative_to(root):
+        raise SegpipeError(
+            f"{database} belongs to another folder: its experiment {experiment!r} keeps artifacts in {location}, outside "
+            f"this project ({root}), so this copy would write into the original. Start a fresh store here "
+            f"(mv {database.name} {database.name}.copied; mv mlruns mlruns.copied), or set MLFLOW_TRACKING_URI to the "
+            "original store to keep logging there")
