@@ -268,7 +268,9 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{key}: unknown key; valid keys here: {', '.join(valid)}"
     message = error["msg"].removeprefix("Value error, ")
     # Show the offending value, unless the message already quotes it or it is a whole section.
-    if kind != "value_error" and not isinstance(error.get("input"), (dict, type(None))):
+    # A list too long or too short: the message gives the count and the limit, and the list itself (300 class
+    # names, say) would bury them.
+    if kind not in ("value_error", "too_long", "too_short") and not isinstance(error.get("input"), (dict, type(None))):
         message += f" (got {error['input']!r})"
     return f"{key}: {message}" if key else message
 

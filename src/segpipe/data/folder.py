@@ -14,6 +14,8 @@ listed in the manifest's problems, for preprocess to report.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +25,17 @@ import numpy as np
 from PIL import Image
 
 from segpipe.data import IGNORE_INDEX
-from segpipe.data.images import EXTENSIONS, BadImageFile, mask_values, open_image, resize_labels, resize_rgb, to_rgb
+from segpipe.data.images import (
+    EXTENSIONS,
+    GREY_MODES,
+    BadImageFile,
+    mask_values,
+    open_image,
+    resize_labels,
+    resize_rgb,
+    to_rgb,
+    turned_hint,
+)
 from segpipe.data.raw import Pair, Problem, RawDataset
 from segpipe.errors import SegpipeError, shortlist
 
@@ -78,17 +90,24 @@ def mask_to_labels(mask: Image.Image, spec, num_classes: int, path: Path) -> tup
             labels[grey == spec.ignore_value] = IGNORE_INDEX
         return labels, []
     colour = spec.values is not None and isinstance(spec.values[0], list)
-    if spec.values is None and mask.mode not in ("1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if spec.values is None and mask.mode in ("LA", "La", "PA"):  # grey (or palette) + alpha: the grey is read
+        raise BadImageFile(f"{path} is a grey+alpha ({mask.mode}) mask: its grey values are read, the alpha is not; "
+                           "list each class's grey value in data.folder.values (e.g. [0, 255])")
+    if spec.values is None and mask.mode not in GREY_MODES:
         raise BadImageFile(f"{path} is a {mask.mode} colour mask; list each class's colour in data.folder.values")
     pixels = mask_values(mask, colour)
     pixels = pixels if colour else pixels[..., None]
     values = spec.values if spec.values is not None else list(range(num_classes))
-    labels = np.full(pixels.shape[:2], 254, dtype=np.uint8)  # 254: "no class matched" until proven otherwise
+    # Which pixels matched is kept apart from the labels: every uint8 value but IGNORE_INDEX is a class
+    # (255 classes are 0..254), so no label value can stand for "no class matched".
+    labels = np.zeros(pixels.shape[:2], dtype=np.uint8)
+    unmatched = np.ones(pixels.shape[:2], dtype=bool)
     for index, value in enumerate(values):
-        labels[(pixels == np.atleast_1d(value)).all(axis=-1)] = index
+        hit = (pixels == np.atleast_1d(value)).all(axis=-1)
+        labels[hit], unmatched[hit] = index, False
     if spec.ignore_value is not None:
-        labels[(pixels == np.atleast_1d(spec.ignore_value)).all(axis=-1)] = IGNORE_INDEX
-    unmatched = labels == 254
+        hit = (pixels == np.atleast_1d(spec.ignore_value)).all(axis=-1)
+        labels[hit], unmatched[hit] = IGNORE_INDEX, False
     unknown = np.unique(pixels[unmatched].reshape(-1, pixels.shape[-1]), axis=0).tolist() if unmatched.any() else []
     return labels, [v if colour else v[0] for v in unknown]
 
@@ -138,6 +157,11 @@ class _Importer:
                 width, height = image.size
                 resized = None
                 if (width, height) != labels.shape[::-1]:
+                    turned = turned_hint((width, height), labels.shape[::-1])
+                    if turned:  # no resize can fix this
+                        return Problem(stem, str(image_path), str(mask_path),
+                                       f"{image_path} is {width}x{height} but {mask_path} is "
+                                       f"{labels.shape[1]}x{labels.shape[0]}: {turned}")
                     if spec.resize is None:
                         return (f"{image_path.name} {width}x{height} vs {mask_path.name} "
                                 f"{labels.shape[1]}x{labels.shape[0]}")
@@ -159,6 +183,24 @@ class _Importer:
         return Pair(id=stem, image=image_name, mask=f"masks/{stem}.png", split=split)
 
 
+def _hint_suffixed_names(problems: list[Problem]) -> list[Problem]:
+    """Images without masks and masks without images whose stems differ by a suffix (horse001.jpg and
+    horse001_mask.png): say so, and what to rename, in both reasons."""
+    masks = sorted((p.id, i) for i, p in enumerate(problems) if p.image is None)
+    hints: dict[int, str] = {}
+    for i, image_problem in enumerate(problems):
+        if image_problem.mask is not None:
+            continue
+        k = bisect.bisect_right(masks, (image_problem.id, len(problems)))  # the first mask stem after this one
+        if k < len(masks) and masks[k][0].startswith(image_problem.id):
+            mask_problem = problems[masks[k][1]]
+            hints[i] = hints[masks[k][1]] = (
+                f"; {Path(mask_problem.mask).name} beside {Path(image_problem.image).name}: the names differ by "
+                f"{mask_problem.id[len(image_problem.id):]!r}, and images and masks are matched by the whole stem: "
+                f"rename the masks to the images' stems ({image_problem.id}{Path(mask_problem.mask).suffix})")
+    return [dataclasses.replace(p, reason=p.reason + hints[i]) if i in hints else p for i, p in enumerate(problems)]
+
+
 def import_folder(params, out_dir: Path, cache_dir: Path, project_root: Path = Path(".")) -> RawDataset:
     spec = params.data.folder
     split_of = _split_lists(spec, project_root)
@@ -177,6 +219,7 @@ def import_folder(params, out_dir: Path, cache_dir: Path, project_root: Path = P
             else:
                 work.append((stem, images[stem], masks[stem], split or split_of.get(stem)))
 
+    problems = _hint_suffixed_names(problems)
     (out_dir / "images").mkdir(parents=True)
     (out_dir / "masks").mkdir()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from segpipe.config import PreprocessParams, SplitParams
-from segpipe.data.images import BadImageFile, mask_values, open_image, read_rgb, resize_labels, resize_rgb
+from segpipe.data.images import BadImageFile, mask_values, open_image, read_rgb, resize_labels, resize_rgb, turned_hint
 from segpipe.data.processed import SPLITS, SplitWriter, write_summary
 from segpipe.data.raw import Pair, Problem, RawDataset
 from segpipe.data.resolution import Resize
@@ -61,8 +61,9 @@ def load_sample(raw: RawDataset, pair: Pair, resize: Resize, min_side: int, keep
         return _bad(pair, raw, str(exc))
     height, width = image.shape[:2]
     if labels.shape != (height, width):
+        turned = turned_hint((width, height), labels.shape[::-1])
         return _bad(pair, raw, f"{image_path} is {width}x{height} but {mask_path} is {labels.shape[1]}x{labels.shape[0]}; "
-                               "image and mask must be the same size")
+                               + (turned or "image and mask must be the same size"))
     if min(height, width) < min_side:
         return _bad(pair, raw, f"{image_path} is only {width}x{height}, below preprocess.min_side ({min_side} pixels); "
                                "remove it, or lower preprocess.min_side if such small images are intended")
@@ -213,6 +214,11 @@ def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path, workers
     if not sum(counts.values()):
         raise SegpipeError(f"no usable samples in {raw.root}; check the download stage's output")
     empty = [name for name in SPLITS if not counts[name]]
+    if empty and sum(counts.values()) < len(SPLITS):  # no fractions can give each split one of them
+        raise SegpipeError(
+            f"only {sum(counts.values())} usable samples, and train, val and test each need at least one: add images "
+            f"(split(s) {', '.join(empty)} would be empty)"
+        )
     if empty:
         raise SegpipeError(
             f"split(s) {', '.join(empty)} would be empty with {sum(counts.values())} usable samples; "

@@ -29,8 +29,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from segpipe.atomic import atomic_file, write_json
 from segpipe.data import IGNORE_INDEX
-from segpipe.data.images import EXTENSIONS, BadImageFile, read_rgb
-from segpipe.errors import SegpipeError, shortlist
+from segpipe.data.images import EXTENSIONS, BadImageFile, read_photo
+from segpipe.errors import SegpipeError, shortlist, warn
 from segpipe.progress import progress_bar
 from segpipe.reporting.overlay import PALETTE, overlay
 from segpipe.serving.inference import Predictor, Scored, WindowPlan
@@ -110,18 +110,23 @@ def output_names(files: list[Path]) -> dict[Path, Path]:
     return names
 
 
-def read_in_batches(files: list[Path], predictor: Predictor, failed: list[Failure]) -> Iterator[list[tuple[Path, np.ndarray]]]:
+def read_in_batches(files: list[Path], predictor: Predictor, failed: list[Failure],
+                    notes: dict[Path, str] | None = None) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Images that can share one forward pass (same working shape, scored whole), up to
     the batch size; an image scored in windows comes alone. Unreadable files are
-    recorded as failures and skipped."""
+    recorded as failures and skipped; an animated one's note (first frame only) goes in `notes`."""
     pending: list[tuple[Path, np.ndarray]] = []
     pending_key = None
     for path in files:
         try:
-            image = read_rgb(path)
+            image, note = read_photo(path)
         except BadImageFile as exc:
             failed.append(Failure(str(path), str(exc)))
             continue
+        if note:
+            warn(note)
+            if notes is not None:
+                notes[path] = note
         key = predictor.batch_key(image)
         if pending and (key is None or key != pending_key or len(pending) == predictor.batch_size):
             yield pending
@@ -216,11 +221,12 @@ def predict_images(model_path: Path, arguments: list[str], out_dir: Path, device
     if not files:
         raise SegpipeError(f"nothing to predict: {shortlist([f.error for f in run.failed], 5, '; ')}")
     names = output_names(files)
+    notes: dict[Path, str] = {}
     with progress_bar(len(files), "predict", "image") as bar:  # logs get the list of written files instead
-        for batch in read_in_batches(files, predictor, run.failed):
+        for batch in read_in_batches(files, predictor, run.failed, notes):
             for (path, image), scored in zip(batch, predictor.score([image for _, image in batch])):
                 entry = write_outputs(image, scored, out_dir / names[path], checkpoint.data.classes, probabilities)
-                run.predicted.append({"input": str(path), **entry})
+                run.predicted.append({"input": str(path), **entry, **({"note": notes[path]} if path in notes else {})})
             bar.update(len(batch))
     try:
         write_json(out_dir / MANIFEST, {"model": str(model_path), "classes": checkpoint.data.classes,
