@@ -7,6 +7,7 @@ removes those of processes that no longer exist."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -14,6 +15,8 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from segpipe.errors import SegpipeError
 
 # Staging paths are created private (0600/0700) by default; outputs get the usual permissions.
 _UMASK = os.umask(0)
@@ -47,6 +50,35 @@ def remove_leftovers(target: Path) -> list[Path]:
     return removed
 
 
+class DiskFull(SegpipeError):
+    """No space left on the device (ENOSPC) while writing an output: one sentence, no traceback."""
+
+
+def free_space(path: str | Path) -> int | None:
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def disk_full(target: str | Path, needed: int | None = None) -> DiskFull:
+    """The sentence for a full disk: the path, the space needed if known, and that nothing was published."""
+    free = free_space(target)
+    figures = [f"{needed / 1e6:.1f} MB needed" if needed is not None else None,
+               f"{free / 1e6:.1f} MB free" if free is not None else None]
+    figures_text = ", ".join(f for f in figures if f)
+    return DiskFull(f"no space left on the device holding {target}" + (f" ({figures_text})" if figures_text else "")
+                    + ": nothing was published (no half-written file takes an output's place); free space there, or "
+                    "move the project to a larger disk, and run again")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty sibling folder; on success it replaces `target` whole."""
@@ -57,8 +89,10 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     staging.mkdir(mode=0o777 & ~_UMASK)
     try:
         yield staging
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full(target) from None
         raise
     if target.exists():
         old = _staging_path(target)
@@ -80,8 +114,10 @@ def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
             yield handle
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(target) from None
         raise
 
 

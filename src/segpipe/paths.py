@@ -9,6 +9,8 @@ from pathlib import Path
 
 # DVC runs every stage from the folder that holds dvc.yaml: the project root.
 PROJECT_ROOT = Path.cwd()
+# The validate stage's output, which every other stage depends on: params are checked before DVC removes any outputs.
+PARAMS_CHECKED = Path("data/params_checked.txt")
 RAW_DIR = Path("data/raw")
 # Verified archives, kept outside DVC's outputs so that re-running download never fetches them again.
 DOWNLOAD_CACHE = Path("data/downloads")

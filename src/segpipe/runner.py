@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from segpipe.atomic import disk_full, is_disk_full
 from segpipe.config import PARAMS_FILE, Params, parse_params, read_params_file
 from segpipe.errors import SegpipeError
 
@@ -44,7 +45,12 @@ def run_stage(main: Callable[[], None]) -> None:
     # script put in the background inherits that): a signal that reaches this stage should stop it cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        main()
+        try:
+            main()
+        except OSError as exc:  # a full disk where no atomic write caught it (a library's own files): one sentence
+            if not is_disk_full(exc):
+                raise
+            raise disk_full(exc.filename or "an output") from None
     except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,7 +21,16 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 
 from segpipe.config import PreprocessParams, SplitParams
-from segpipe.data.images import BadImageFile, mask_values, open_image, read_rgb, resize_labels, resize_rgb, turned_hint
+from segpipe.data.images import (
+    BadImageFile,
+    image_size,
+    mask_values,
+    open_image,
+    read_rgb,
+    resize_labels,
+    resize_rgb,
+    turned_hint,
+)
 from segpipe.data.processed import SPLITS, SplitWriter, write_summary
 from segpipe.data.raw import Pair, Problem, RawDataset
 from segpipe.data.resolution import Resize
@@ -188,9 +198,45 @@ def _missing_classes_error(classes: list[str], train_pixels: np.ndarray) -> Segp
     )
 
 
+def bytes_to_write(raw: RawDataset, splits: dict[str, list[Pair]], resize: Resize) -> int:
+    """What preprocess will write, from the images' headers: each image (3 bytes a pixel) and mask (1) at the
+    working resolution, and the test masks at their own. Unreadable files count nothing (they are reported later)."""
+    total = 0
+    for name, pairs in splits.items():
+        for pair in pairs:
+            try:
+                width, height = image_size(raw.root / pair.image)
+            except BadImageFile:
+                continue
+            work_h, work_w = resize.shape_for(height, width)
+            total += 4 * work_h * work_w + (height * width if name == "test" else 0)
+    return total
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_space(out_dir: Path, needed: int) -> None:
+    """Stop before writing what cannot fit, with the figure and the space free."""
+    probe = Path(out_dir)
+    while not probe.exists():  # the folder is made when the first split is written
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise SegpipeError(f"preprocess would write about {human_bytes(needed)} to {out_dir.parent}, but only "
+                           f"{human_bytes(free)} is free there: lower preprocess.resize.to (the working resolution), "
+                           "or free space or move the project to a larger disk; nothing was written")
+
+
 def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path, workers: int | None = None) -> dict:
     resize = Resize(params.resize.by, params.resize.to)
     splits = assign_splits(raw.pairs, params.split)
+    check_space(out_dir, bytes_to_write(raw, splits, resize))
     stats = _Statistics(len(raw.classes))
     problems: list[Problem] = list(raw.problems)
     digests: dict[str, list[tuple[str, str]]] = {}

@@ -23,7 +23,14 @@ from typing import Any
 from segpipe.atomic import read_json, write_json
 from segpipe.errors import warn
 from segpipe.hashing import file_sha256
-from segpipe.tracking.store import UPLOAD_TIMEOUT, Tracking, _defined, _http_setting, check_artifacts_follow_project
+from segpipe.tracking.store import (
+    UPLOAD_TIMEOUT,
+    Tracking,
+    _defined,
+    _http_setting,
+    _short,
+    check_artifacts_follow_project,
+)
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,19 @@ class ResultsRun(Tracking):
             self.mlflow.entities.Param(k, str(v)) for k, v in params.items()])
         self.mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
         return run.info.run_id
+
+    def _fail(self, exc: BaseException, doing: str) -> None:
+        """Results that could not all be recorded (a report's artifacts on a full disk): the run must not
+        look complete, so it is marked FAILED with a tag that says what is missing, where the store still answers."""
+        if self.run_id is not None and self.mlflow is not None:
+            try:
+                with _http_setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"):  # the store just failed: one try
+                    client = self.mlflow.MlflowClient()
+                    client.set_tag(self.run_id, "segpipe_incomplete", f"{doing} failed: {_short(exc)}"[:500])
+                    client.set_terminated(self.run_id, "FAILED")
+            except Exception:
+                pass
+        super()._fail(exc, doing)
 
     def log(self, metrics: dict[str, float | None] | None = None, artifacts: dict[str, list[Path]] | None = None) -> None:
         """Add results (`artifacts` maps a folder in the run to the files that go there)."""

@@ -18,8 +18,6 @@ from typing import Iterator
 
 from segpipe.errors import SegpipeError, warn
 
-LOCAL_SCHEMES = ("sqlite:", "file:")
-
 
 def store_root() -> Path:
     """The project folder the default store lives in. DVC runs queued experiments in a
@@ -174,17 +172,24 @@ class Tracking:
     def experiment_id(self, name: str) -> str:
         mlflow = self.mlflow
         experiment = mlflow.get_experiment_by_name(name)
-        local = self.uri.startswith(LOCAL_SCHEMES)
         if experiment is None:
             try:
-                # A local store keeps artifacts beside it, wherever the stages happen to run from.
-                return mlflow.create_experiment(name, artifact_location=(store_root() / "mlruns").as_uri() if local else None)
+                return mlflow.create_experiment(name, artifact_location=local_artifact_location(self.uri))
             except mlflow.exceptions.MlflowException as exc:
                 # Another first run (a parallel queued experiment, a teammate) created it since the look-up.
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (experiment := mlflow.get_experiment_by_name(name)) is None:
                     raise
         check_artifacts_follow_project(self.uri, experiment.name, experiment.artifact_location)
         return experiment.experiment_id
+
+
+def local_artifact_location(uri: str) -> str | None:
+    """Where a new experiment of a local store keeps its artifacts: mlruns/ beside the SQLite database (the
+    project's own mlflow.db by default, or the one MLFLOW_TRACKING_URI names, on its disk), wherever the stages
+    happen to run from; MLflow's default for a file: store (inside it) or a server's (its own)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve().parent / "mlruns").as_uri()
+    return None
 
 
 def check_artifacts_follow_project(uri: str, experiment: str, artifact_location: str) -> None:

@@ -14,7 +14,7 @@ from segpipe.data.batches import Batches
 from segpipe.data.processed import DatasetInfo, ProcessedSplit, read_summary
 from segpipe.device import Runtime
 from segpipe.distributed import Distributed
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, warn
 from segpipe.models import ModelSpec, SegmentationModel, apply_weights, create_model, spec_for
 from segpipe.training.losses import create_loss, resolve_class_weights
 from segpipe.training.optim import build_optimizer, build_scheduler
@@ -58,6 +58,9 @@ def build_parts(params: Params, info: DatasetInfo, processed_dir, runtime: Runti
     crop = tuple(params.train.crop) if params.train.crop else None
     shard = (group.rank, group.world)
     train_split = ProcessedSplit.load(processed_dir, "train")
+    too_large = oversized_crop(crop, train_split.shapes)
+    if too_large and group.is_main:
+        warn(too_large)
     train_batches = Batches(train_split, params.train.batch_size, runtime, info.mean, info.std, crop, info.ignore_index,
                             shard)
     # Validation batches as large as training ones: train reads no evaluate.* param, so changing one
@@ -73,6 +76,24 @@ def build_parts(params: Params, info: DatasetInfo, processed_dir, runtime: Runti
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
     return TrainingParts(spec, info, model, stepping, train_batches, val_batches, tuple(crop or train_split.uniform_shape),
                          loss_fn, optimizer, scheduler, scaler)
+
+
+# A crop this many times the largest image (in pixels) is mostly padding: memory and time for nothing.
+CROP_PADDING_LIMIT = 4
+
+
+def oversized_crop(crop: tuple[int, int] | None, shapes) -> str | None:
+    """What to say when train.crop is many times the stored images (a crop of [1000, 1000] on 64 px
+    images pads every crop to a megapixel: gigabytes and tens of minutes an epoch for nothing)."""
+    if crop is None or not len(shapes):
+        return None
+    largest = max((tuple(int(v) for v in shape) for shape in shapes), key=lambda hw: hw[0] * hw[1])
+    ratio = crop[0] * crop[1] / (largest[0] * largest[1])
+    if ratio <= CROP_PADDING_LIMIT:
+        return None
+    return (f"train.crop {crop[0]}x{crop[1]} is {ratio:.0f} times the largest training image at the working resolution "
+            f"({largest[0]}x{largest[1]}): every crop is mostly padding, which costs memory and time and teaches nothing; "
+            f"set train.crop to at most [{largest[0]}, {largest[1]}], or null to train on whole images")
 
 
 def prepare_for_steps(model: torch.nn.Module, params, runtime: Runtime, group: Distributed) -> torch.nn.Module:
