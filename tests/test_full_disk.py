@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import shutil
 from collections import namedtuple
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from segpipe.data.processed import SplitWriter
 from segpipe.data.sources import import_dataset
 from segpipe.errors import SegpipeError
 from segpipe.runner import run_stage
-from segpipe.training.setup import oversized_crop
 
 Usage = namedtuple("Usage", "total used free")
 NO_SPACE = "No space left on device"
@@ -74,9 +72,8 @@ def test_a_full_disk_during_preprocess_is_one_sentence_and_publishes_nothing(raw
         raise OSError(errno.ENOSPC, NO_SPACE, str(self.folder / "images.npy"))
 
     monkeypatch.setattr(SplitWriter, "append", full)
-    with pytest.raises(SegpipeError) as error:
-        with atomic_dir(tmp_path / "processed") as staging:
-            preprocess(raw, prep(), staging, workers=1)
+    with pytest.raises(SegpipeError) as error, atomic_dir(tmp_path / "processed") as staging:
+        preprocess(raw, prep(), staging, workers=1)
     message = str(error.value)
     assert message.startswith(f"no space left on the device holding {tmp_path / 'processed'} (") and " MB free)" in message
     assert "nothing was published" in message and "\n" not in message
@@ -87,10 +84,9 @@ def test_a_full_disk_during_preprocess_is_one_sentence_and_publishes_nothing(raw
 def test_a_full_disk_writing_a_file_keeps_the_old_file(tmp_path, monkeypatch):
     (tmp_path / "train.json").write_text("old")
     with pytest.raises(SegpipeError, match=r"^no space left on the device holding .*train\.json \(.* MB free\): nothing "
-                                           r"was published"):
-        with atomic_file(tmp_path / "train.json") as handle:
-            handle.write("new")
-            raise OSError(errno.ENOSPC, NO_SPACE)
+                                           r"was published"), atomic_file(tmp_path / "train.json") as handle:
+        handle.write("new")
+        raise OSError(errno.ENOSPC, NO_SPACE)
     assert (tmp_path / "train.json").read_text() == "old" and len(list(tmp_path.iterdir())) == 1
 
 
@@ -106,7 +102,9 @@ def test_a_full_disk_anywhere_in_a_stage_is_one_sentence_and_exit_2(tmp_path, ca
     assert "nothing was published" in err and err.count("\n") == 1
 
 
-def test_a_crop_many_times_the_images_is_named(capsys):
+def test_a_crop_many_times_the_images_is_named():
+    from segpipe.training.setup import oversized_crop
+
     shapes = np.array([[64, 64], [48, 64]])
     assert oversized_crop((128, 128), shapes) is None  # 4 times: a crop that pads is allowed
     assert oversized_crop(None, shapes) is None

@@ -64,13 +64,10 @@ def free_space(path: str | Path) -> int | None:
         return None
 
 
-def disk_full(target: str | Path, needed: int | None = None) -> DiskFull:
-    """The sentence for a full disk: the path, the space needed if known, and that nothing was published."""
+def disk_full(target: str | Path) -> DiskFull:
+    """The sentence for a full disk: the path, the space free there, and that nothing was published."""
     free = free_space(target)
-    figures = [f"{needed / 1e6:.1f} MB needed" if needed is not None else None,
-               f"{free / 1e6:.1f} MB free" if free is not None else None]
-    figures_text = ", ".join(f for f in figures if f)
-    return DiskFull(f"no space left on the device holding {target}" + (f" ({figures_text})" if figures_text else "")
+    return DiskFull(f"no space left on the device holding {target}" + (f" ({free / 1e6:.1f} MB free)" if free is not None else "")
                     + ": nothing was published (no half-written file takes an output's place); free space there, or "
                     "move the project to a larger disk, and run again")
 
