@@ -159,15 +159,16 @@ def test_predict_takes_webp_and_gif_from_a_folder_and_notes_an_animated_gifs_fir
 def test_masks_named_with_a_suffix_are_told_the_names_differ_by_it(raw_params, tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    for i, (photo, mask) in enumerate(upright_pairs(3, 8, 8)):
-        Image.fromarray(photo).save(tmp_path / "images" / f"horse00{i}.jpg")
-        Image.fromarray(mask).save(tmp_path / "masks" / f"horse00{i}_mask.png")
+    for stem, (photo, mask) in zip(("horse1", "horse10", "horse2"), upright_pairs(3, 8, 8)):
+        Image.fromarray(photo).save(tmp_path / "images" / f"{stem}.jpg")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{stem}_mask.png")
     raw = import_dataset(folder_params(raw_params, tmp_path), tmp_path / "raw", tmp_path / "cache")
     assert raw.pairs == [] and len(raw.problems) == 6
     reasons = {p.id: p.reason for p in raw.problems}
-    hint = ("horse001_mask.png beside horse001.jpg: the names differ by '_mask', and images and masks are matched by the "
-            "whole stem: rename the masks to the images' stems (horse001.png)")
-    assert reasons["horse001"].endswith(hint) and reasons["horse001_mask"].endswith(hint)
+    for stem in ("horse1", "horse10"):  # horse10_mask is horse10's, not horse1's
+        hint = (f"{stem}_mask.png beside {stem}.jpg: the names differ by '_mask', and images and masks are matched by "
+                f"the whole stem: rename the masks to the images' stems ({stem}.png)")
+        assert reasons[stem].endswith(hint) and reasons[f"{stem}_mask"].endswith(hint)
 
 
 def test_grey_alpha_masks_are_told_to_list_grey_values(raw_params, tmp_path):

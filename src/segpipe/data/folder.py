@@ -14,7 +14,6 @@ listed in the manifest's problems, for preprocess to report.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import os
 import shutil
@@ -186,18 +185,20 @@ class _Importer:
 def _hint_suffixed_names(problems: list[Problem]) -> list[Problem]:
     """Images without masks and masks without images whose stems differ by a suffix (horse001.jpg and
     horse001_mask.png): say so, and what to rename, in both reasons."""
-    masks = sorted((p.id, i) for i, p in enumerate(problems) if p.image is None)
+    lonely_images = {p.id: i for i, p in enumerate(problems) if p.mask is None}
     hints: dict[int, str] = {}
-    for i, image_problem in enumerate(problems):
-        if image_problem.mask is not None:
+    for j, mask_problem in enumerate(problems):
+        if mask_problem.image is not None:
             continue
-        k = bisect.bisect_right(masks, (image_problem.id, len(problems)))  # the first mask stem after this one
-        if k < len(masks) and masks[k][0].startswith(image_problem.id):
-            mask_problem = problems[masks[k][1]]
-            hints[i] = hints[masks[k][1]] = (
-                f"; {Path(mask_problem.mask).name} beside {Path(image_problem.image).name}: the names differ by "
-                f"{mask_problem.id[len(image_problem.id):]!r}, and images and masks are matched by the whole stem: "
-                f"rename the masks to the images' stems ({image_problem.id}{Path(mask_problem.mask).suffix})")
+        # The longest image stem the mask's stem starts with: horse10_mask is horse10's, not horse1's.
+        stem = next((mask_problem.id[:n] for n in range(len(mask_problem.id) - 1, 0, -1)
+                     if mask_problem.id[:n] in lonely_images), None)
+        if stem is not None:
+            i = lonely_images[stem]
+            hints[i] = hints[j] = (
+                f"; {Path(mask_problem.mask).name} beside {Path(problems[i].image).name}: the names differ by "
+                f"{mask_problem.id[len(stem):]!r}, and images and masks are matched by the whole stem: rename the "
+                f"masks to the images' stems ({stem}{Path(mask_problem.mask).suffix})")
     return [dataclasses.replace(p, reason=p.reason + hints[i]) if i in hints else p for i, p in enumerate(problems)]
 
 
