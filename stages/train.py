@@ -88,7 +88,11 @@ def train(params, info: DatasetInfo, runtime, group) -> None:
         raise
 
     if group.is_main:  # the main process writes the outputs and records the run
-        publish(params, parts, resume, run, runtime, group.world)
+        try:
+            publish(params, parts, resume, run, runtime, group.world)
+        except BaseException:  # a full disk while writing the model, say: the run is not complete, and must not say so
+            run.finish("FAILED")
+            raise
 
 
 def open_run(params, info: DatasetInfo, resume: "Resume", is_main: bool) -> TrainingRun:
