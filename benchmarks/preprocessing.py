@@ -1,5 +1,9 @@
-"""Comparison 3: preprocess throughput, and its peak memory at two dataset sizes
-ten times apart (flat, since preprocess streams samples to disk).
+"""Comparison 3: preprocess throughput, one process against every core (preprocess.workers
+1 and 0), and its peak memory at two dataset sizes ten times apart (flat, since
+preprocess streams samples to disk).
+
+The memory figures are the stage's own process, which writes every sample; each worker
+of the pool holds one sample at a time while it decodes it, whatever the dataset's size.
 
 Each size runs the project's preprocess in a fresh Python process, as the DVC
 stage does, and the peaks come from the child's own /proc/self/status:
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from benchmarks.photos import write_photos
 from benchmarks.project import REPO_ROOT
+from segpipe.data.preprocess import worker_count
 
 
 @dataclass
@@ -46,9 +51,9 @@ class PreprocessRun:
         return None if self.peak_during_mb is None else self.peak_during_mb - self.before_mb
 
 
-def run_preprocess_child(raw_root: Path, out: Path, side: int) -> PreprocessRun:
+def run_preprocess_child(raw_root: Path, out: Path, side: int, workers: int = 0) -> PreprocessRun:
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "src")])}
-    command = [sys.executable, "-m", "benchmarks.preprocessing", str(raw_root), str(out), str(side)]
+    command = [sys.executable, "-m", "benchmarks.preprocessing", str(raw_root), str(out), str(side), str(workers)]
     child = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     if child.returncode != 0:
         raise RuntimeError(f"preprocess benchmark child failed ({child.returncode}):\n{child.stdout}\n{child.stderr}")
@@ -58,8 +63,15 @@ def run_preprocess_child(raw_root: Path, out: Path, side: int) -> PreprocessRun:
 
 @dataclass
 class PreprocessResult:
-    small: PreprocessRun
-    large: PreprocessRun
+    small: PreprocessRun         # every core (preprocess.workers: 0)
+    large: PreprocessRun         # every core, ten times the images
+    one_process: PreprocessRun   # the large dataset again, preprocess.workers: 1
+    cores: int
+
+    @property
+    def speedup(self) -> float:
+        """Every core over one process, on the larger dataset."""
+        return self.large.images_per_second / self.one_process.images_per_second
 
     @property
     def memory_ratio(self) -> float:
@@ -74,7 +86,8 @@ def measure_preprocess(images: int, side: int, scale: int = 10, workdir: Path | 
         for count in (images, images * scale):
             raw = write_photos(Path(tmp) / f"raw_{count}", {None: count})
             runs.append(run_preprocess_child(raw.root, Path(tmp) / f"processed_{count}", side))
-        return PreprocessResult(*runs)
+        one = run_preprocess_child(raw.root, Path(tmp) / "processed_one_process", side, workers=1)
+        return PreprocessResult(*runs, one, worker_count(0))
 
 
 def _memory_mb(field: str) -> float:
@@ -92,14 +105,14 @@ def _reset_peak() -> bool:
         return False
 
 
-def _child_main(raw_root: str, out: str, side: str) -> None:
+def _child_main(raw_root: str, out: str, side: str, workers: str) -> None:
     import time
 
     from benchmarks.photos import preprocess_photos
     from benchmarks.project import project_params
     from segpipe.data.raw import RawDataset
 
-    params = project_params().preprocess
+    params = project_params().preprocess.model_copy(update={"workers": int(workers)})
     raw = RawDataset.read(raw_root)
     import_peak = _memory_mb("VmHWM")
     resettable = _reset_peak()

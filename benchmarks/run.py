@@ -37,7 +37,11 @@ from benchmarks.project import project_params  # noqa: E402
 from benchmarks.train_loop import measure_train_loop  # noqa: E402
 from segpipe.device import runtime_for  # noqa: E402
 
-COMPARISONS = ("train", "preprocess", "evaluate", "dvc")
+COMPARISONS = ("train", "preprocess", "evaluate", "dvc", "realistic")
+# Comparison 6: a size users train on, beside the toy U-Net: a torchvision DeepLabV3 on 512x512 crops.
+REALISTIC_MODEL = "deeplabv3_mobilenet_v3_large"
+REALISTIC_SIDE = 512
+REALISTIC_BATCH = {"cpu": 8, "cuda": 16}
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Sizes:
     preprocess_images: int = 100  # and ten times as many
     dvc_rounds: int = 3
     dvc_images: int | None = None  # None: the project's own data.shapes.num_images
+    realistic_steps: int = 1       # steps per timed epoch of the realistic workload: tens of seconds each on 2 CPU cores
+    realistic_rounds: int = 1      # (a CUDA machine: raise them with --realistic-steps/--realistic-rounds)
 
 
 QUICK = Sizes(rounds=2, max_rounds=4, train_images=32, test_images=16, preprocess_images=20, dvc_rounds=2)
@@ -61,7 +67,7 @@ QUICK = Sizes(rounds=2, max_rounds=4, train_images=32, test_images=16, preproces
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes and few rounds, and no DVC comparison unless named in --only (~1 min)")
+                        help="small sizes and few rounds, and no DVC or realistic comparison unless named in --only")
     parser.add_argument("--only", nargs="+", choices=COMPARISONS, help="run only these comparisons")
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"),
                         help="devices for the train-loop and evaluation comparisons "
@@ -76,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", help="DataLoader worker counts to compare against")
     parser.add_argument("--preprocess-images", type=int, help="the smaller preprocess dataset (the larger is 10x)")
     parser.add_argument("--dvc-images", type=int, help="data.shapes.num_images of the DVC comparison's pipeline")
+    parser.add_argument("--realistic-steps", type=int, help="steps per timed epoch of the realistic workload")
+    parser.add_argument("--realistic-rounds", type=int, help="timed rounds of the realistic workload")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     return parser.parse_args(argv)
 
@@ -85,7 +93,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     overrides = {"rounds": args.rounds, "max_rounds": args.max_rounds, "train_images": args.train_images,
                  "test_images": args.test_images,
                  "batch_size": args.batch_size, "side": args.side, "preprocess_images": args.preprocess_images,
-                 "dvc_images": args.dvc_images, "workers": tuple(args.workers) if args.workers else None}
+                 "dvc_images": args.dvc_images, "workers": tuple(args.workers) if args.workers else None,
+                 "realistic_steps": args.realistic_steps, "realistic_rounds": args.realistic_rounds}
     if args.rounds:
         overrides["dvc_rounds"] = args.rounds
     sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
@@ -99,7 +108,7 @@ def devices_from(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
-    chosen = set(args.only or [c for c in COMPARISONS if not (args.quick and c == "dvc")])
+    chosen = set(args.only or [c for c in COMPARISONS if not (args.quick and c in ("dvc", "realistic"))])
     params = project_params()
     machine = describe_machine()
     arguments = argv if argv is not None else sys.argv[1:]
@@ -139,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                     details += table.spread_lines(f"[{device}] evaluation", result.timings,
                                                   lambda name, s: f"{s:.3f} s")
                     measurements[f"evaluation_{device}"] = asdict(result)
+        if "realistic" in chosen:
+            rows += measure_realistic(params, sizes, devices_from(args), Path(tmp), measurements)
         if "preprocess" in chosen:
             print("comparison 3: preprocess ...", flush=True)
             result = measure_preprocess(sizes.preprocess_images, sizes.side, workdir=Path(tmp))
@@ -167,6 +178,28 @@ def main(argv: list[str] | None = None) -> int:
         measurements["rows"] = [asdict(r) for r in rows]
         args.json.write_text(json.dumps(measurements, indent=2, default=str))
     return 0
+
+
+def measure_realistic(params, sizes: Sizes, devices: list[str], tmp: Path, measurements: dict) -> list[table.Row]:
+    """Comparison 6: the train loop against bare compute at a size users train on."""
+    realistic = params.model_copy(update={"model": params.model.model_copy(update={"name": REALISTIC_MODEL})})
+    rows = []
+    for device in devices:
+        batch = REALISTIC_BATCH[device]
+        label = f"{REALISTIC_MODEL}, {REALISTIC_SIDE}x{REALISTIC_SIDE}, batch {batch}"
+        if device == "cuda" and not torch.cuda.is_available():
+            rows.append(table.realistic_unmeasured_row(device, label, "no CUDA device on this machine"))
+            continue
+        print(f"[{device}] comparison 6: training loop at {label} ...", flush=True)
+        images = batch * sizes.realistic_steps
+        raw = write_photos(tmp / f"raw_realistic_{device}", {"train": images, "val": 2, "test": 2})
+        processed = preprocess_photos(raw, tmp / f"processed_realistic_{device}", REALISTIC_SIDE, params.preprocess)
+        runtime = runtime_for(device, params.train.amp, params.train.channels_last)
+        result = measure_train_loop(raw, processed, realistic, runtime, batch, REALISTIC_SIDE, [], sizes.realistic_rounds,
+                                    sizes.realistic_rounds)
+        rows.append(table.realistic_row(result, label))
+        measurements[f"realistic_{device}"] = asdict(result)
+    return rows
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import csv
 import math
 import sys
 
+import torch
+
 from segpipe.atomic import atomic_file, write_json
 from segpipe.config import params_digest
 from segpipe.data.processed import DatasetInfo
@@ -155,7 +157,9 @@ def publish(params, parts, resume: "Resume", run: TrainingRun, runtime, processe
         "processes": processes,
         "resumed": resume.resumed,
     }
-    run.log_metrics(training_summary_metrics(summary["best_val_miou"], summary["seconds"]))
+    peak_gpu = torch.cuda.max_memory_allocated(runtime.device) / 2**30 if runtime.device.type == "cuda" else None
+    run.log_metrics(training_summary_metrics(summary["best_val_miou"], summary["seconds"], summary["train_images_per_second"],
+                                             peak_gpu))
     if params.mlflow.log_model:
         example = next(parts.val_batches.iterate()).images[:2].float().cpu().contiguous().numpy()
         run.log_model(best.build_model(), example, params.mlflow.register_model, metadata=model_metadata(best))

@@ -17,7 +17,7 @@ from benchmarks.preprocessing import measure_preprocess
 from benchmarks.project import project_params
 from benchmarks.run import parse_args, sizes_from
 from benchmarks.timing import Timings, interleaved
-from benchmarks.train_loop import measure_train_loop
+from benchmarks.train_loop import TrainLoopResult, measure_train_loop
 from segpipe.data.images import read_rgb
 from segpipe.device import runtime_for
 
@@ -75,6 +75,11 @@ def test_preprocess_comparison_reports_rates_and_peaks_of_a_child_process(tmp_pa
         assert run.process_peak_mb >= run.before_mb > 0
         assert run.growth_mb is None or run.growth_mb >= 0
     assert result.memory_ratio == pytest.approx(result.large.process_peak_mb / result.small.process_peak_mb)
+    assert result.one_process.images == 8 and result.cores >= 1
+    assert result.speedup == pytest.approx(result.large.images_per_second / result.one_process.images_per_second)
+    speed_row = table.preprocess_rows(result)[1]
+    assert speed_row.comparison == f"preprocess, every core ({result.cores}) / 1 process"
+    assert speed_row.ratio == result.speedup
 
 
 def test_dvc_floor_is_a_chain_of_touch_stages(tmp_path, monkeypatch):
@@ -130,3 +135,16 @@ def test_the_gpu_training_check_fails_on_a_bad_loss_or_no_learning():
     assert problems_of({"variant": "eager", "epochs": epochs([1.0, math.nan], [0.1, 0.4])}) == ["eager: epoch 2 loss nan"]
     assert problems_of({"variant": "compiled", "epochs": epochs([1.0, 0.9], [0.3, 0.3])}) == [
         "compiled: validation mIoU did not rise (0.3 -> best 0.3)"]
+
+
+def test_the_realistic_workload_row_compares_the_loop_with_bare_compute_at_its_size():
+    result = TrainLoopResult("cpu", 8, {"segpipe": Timings([2.0, 2.02]), "bare": Timings([1.6, 1.61])})
+    row = table.realistic_row(result, "deeplabv3_mobilenet_v3_large, 512x512, batch 8")
+    assert row.number == 6 and row.comparison == "train loop / bare compute, deeplabv3_mobilenet_v3_large, 512x512, batch 8"
+    assert row.measured == "4.00 vs 5.00 images/s" and row.ratio == pytest.approx(0.8)
+    assert (row.target, row.met) == (">= 0.9", False)
+    sizes = sizes_from(parse_args(["--only", "realistic", "--realistic-steps", "3", "--realistic-rounds", "2"]))
+    assert (sizes.realistic_steps, sizes.realistic_rounds) == (3, 2)
+    skipped = table.realistic_unmeasured_row("cuda", "deeplabv3_mobilenet_v3_large, 512x512, batch 16", "no CUDA device")
+    assert "| 6 | train loop / bare compute, deeplabv3_mobilenet_v3_large, 512x512, batch 16 | cuda | unmeasured: no CUDA" \
+        in table.markdown([skipped])

@@ -15,7 +15,7 @@ SPLIT = SplitParams(seed=0, val_fraction=0.2, test_fraction=0.2)
 
 def params(to=8, by="shorter_side", on_bad_sample="error", on_leak="warn", min_side=4) -> PreprocessParams:
     return PreprocessParams(resize=ResizeParams(by=by, to=to), min_side=min_side, on_bad_sample=on_bad_sample,
-                            on_leak=on_leak, split=SPLIT)
+                            on_leak=on_leak, split=SPLIT, workers=1)
 
 
 def shapes_dataset(tmp_path, n=20, size=32):

@@ -29,7 +29,7 @@ NO_SPACE = "No space left on device"
 
 def prep(to: int = 8) -> PreprocessParams:
     return PreprocessParams(resize=ResizeParams(by="shorter_side", to=to), min_side=2, on_bad_sample="error",
-                            on_leak="warn", split=SplitParams(seed=0, val_fraction=0.2, test_fraction=0.2))
+                            on_leak="warn", split=SplitParams(seed=0, val_fraction=0.2, test_fraction=0.2), workers=1)
 
 
 @pytest.fixture
@@ -53,12 +53,12 @@ def test_preprocess_stops_before_writing_what_the_disk_cannot_hold(raw, tmp_path
     # 10 images to 8x10 (shorter side 16 -> 8): 4 bytes a pixel; the 2 test masks also at 16x20: 3,200 + 640 bytes.
     monkeypatch.setattr(preprocess_module.shutil, "disk_usage", lambda path: Usage(10**6, 10**6 - 3000, 3000))
     with atomic_dir(tmp_path / "processed") as staging, pytest.raises(SegpipeError) as error:
-        preprocess(raw, prep(to=8), staging, workers=1)
+        preprocess(raw, prep(to=8), staging)
     assert str(error.value) == (f"preprocess would write about 3.8 kB to {tmp_path}, but only 3.0 kB is free there: lower "
                                 "preprocess.resize.to (the working resolution), or free space or move the project to a "
                                 "larger disk; nothing was written")
     monkeypatch.setattr(preprocess_module.shutil, "disk_usage", lambda path: Usage(10**6, 10**6 - 3840, 3840))
-    summary = preprocess(raw, prep(to=8), tmp_path / "fits", workers=1)  # exactly the estimate: it fits
+    summary = preprocess(raw, prep(to=8), tmp_path / "fits")  # exactly the estimate: it fits
     written = sum(p.stat().st_size for p in (tmp_path / "fits").rglob("*.npy") if p.name in ("images.npy", "masks.npy",
                                                                                            "native_masks.npy"))
     assert written - 7 * 128 == 3840 and sum(summary["counts"].values()) == 10  # 7 .npy headers of 128 bytes each
@@ -73,7 +73,7 @@ def test_a_full_disk_during_preprocess_is_one_sentence_and_publishes_nothing(raw
 
     monkeypatch.setattr(SplitWriter, "append", full)
     with pytest.raises(SegpipeError) as error, atomic_dir(tmp_path / "processed") as staging:
-        preprocess(raw, prep(), staging, workers=1)
+        preprocess(raw, prep(), staging)
     message = str(error.value)
     assert message.startswith(f"no space left on the device holding {tmp_path / 'processed'} (") and " MB free)" in message
     assert "nothing was published" in message and "\n" not in message

@@ -33,7 +33,7 @@ def save_sideways(upright: np.ndarray, path, fmt: str | None = None) -> None:
 
 def prep(to: int) -> PreprocessParams:
     return PreprocessParams(resize=ResizeParams(by="shorter_side", to=to), min_side=2, on_bad_sample="error",
-                            on_leak="warn", split=SplitParams(seed=0, val_fraction=0.2, test_fraction=0.2))
+                            on_leak="warn", split=SplitParams(seed=0, val_fraction=0.2, test_fraction=0.2), workers=1)
 
 
 def folder_params(raw_params, root, **spec):
@@ -66,7 +66,7 @@ def test_sideways_photos_with_an_orientation_tag_are_read_as_viewers_show_them(r
     assert image_size(tmp_path / "images" / "p0.png") == (width, height)  # as shown, from the header
     raw = import_dataset(folder_params(raw_params, tmp_path), tmp_path / "raw", tmp_path / "cache")
     assert raw.problems == [] and len(raw.pairs) == 6
-    preprocess(raw, prep(to=min(height, width)), tmp_path / "processed", workers=1)
+    preprocess(raw, prep(to=min(height, width)), tmp_path / "processed")
     for split in ("train", "val", "test"):
         stored = ProcessedSplit.load(tmp_path / "processed", split)
         for k, sample_id in enumerate(stored.ids):
@@ -129,7 +129,7 @@ def test_255_classes_reach_every_class_and_more_are_refused_with_the_count(raw_p
     raw = import_dataset(folder_params(raw_params, tmp_path, classes=classes), tmp_path / "raw", tmp_path / "cache")
     assert raw.problems == [] and len(raw.pairs) == 3
     assert np.array_equal(np.asarray(Image.open(raw.root / "masks" / "m0.png")), np.arange(255).reshape(15, 17))
-    summary = preprocess(raw, prep(to=15), tmp_path / "processed", workers=1)
+    summary = preprocess(raw, prep(to=15), tmp_path / "processed")
     assert list(summary["class_pixels"]["train"].values()) == [1] * 255 and summary["rejected"] == []  # one mask: one pixel each
 
     raw_params["data"]["folder"]["classes"] = [f"class{k}" for k in range(300)]
@@ -192,6 +192,6 @@ def test_two_pairs_are_told_to_add_images_not_to_change_the_split_fractions(raw_
         Image.fromarray(mask).save(tmp_path / "masks" / f"p{i}.png")
     raw = import_dataset(folder_params(raw_params, tmp_path), tmp_path / "raw", tmp_path / "cache")
     with pytest.raises(SegpipeError) as error:
-        preprocess(raw, prep(to=8), tmp_path / "processed", workers=1)
+        preprocess(raw, prep(to=8), tmp_path / "processed")
     assert str(error.value) == ("only 2 usable samples, and train, val and test each need at least one: add images "
                                 "(split(s) val, test would be empty)")

@@ -28,7 +28,7 @@ SPLIT = SplitParams(seed=0, val_fraction=0.2, test_fraction=0.2)
 
 def prep(on_bad_sample="error", on_leak="warn", min_side=8, to=8) -> PreprocessParams:
     return PreprocessParams(resize=ResizeParams(by="shorter_side", to=to), min_side=min_side,
-                            on_bad_sample=on_bad_sample, on_leak=on_leak, split=SPLIT)
+                            on_bad_sample=on_bad_sample, on_leak=on_leak, split=SPLIT, workers=1)
 
 
 def folder(raw_params, root, **spec):

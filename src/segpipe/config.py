@@ -158,6 +158,8 @@ class PreprocessParams(Strict):
     # The same image content in two splits: warn (listed in summary.json) or error.
     on_leak: Literal["warn", "error"]
     split: SplitParams
+    # Processes that decode and resize (0: one per CPU core); the output is the same bytes whatever the count.
+    workers: Annotated[int, Field(ge=0)]
 
 
 class ModelParams(Strict):

@@ -3,7 +3,7 @@ whole and grouped by shape for evaluation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
 import numpy as np
@@ -46,6 +46,7 @@ class Batches:
     ignore_index: int = 255
     shard: tuple[int, int] = (0, 1)
     resident: bool | None = None  # None: on the GPU when it fits
+    _device_layout: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.mean = torch.as_tensor(self.mean, dtype=torch.float32, device=self.runtime.device)
@@ -83,15 +84,15 @@ class Batches:
         does (drop_last), so every step, and every process under DDP, has a whole batch."""
         return len(self.split) // self.batch_size
 
-    def _crops(self, index: np.ndarray, u: np.ndarray):
-        ch, cw = self.crop
+    def _crops(self, index: np.ndarray, u: torch.Tensor):
+        """The batch's crops, at corners drawn by `u` (n, 2) uniform in [0, 1): from the
+        memory map on the host, or, for a split held on the device, by one gather there."""
         if self.resident:
-            device = self.runtime.device
-            images = torch.zeros((len(index), ch, cw, 3), dtype=torch.uint8, device=device)
-            masks = torch.full((len(index), ch, cw), self.ignore_index, dtype=torch.uint8, device=device)
-        else:
-            images = np.zeros((len(index), ch, cw, 3), np.uint8)
-            masks = np.full((len(index), ch, cw), self.ignore_index, np.uint8)
+            return self._gathered_crops(index, u)
+        ch, cw = self.crop
+        u = u.numpy()
+        images = np.zeros((len(index), ch, cw, 3), np.uint8)
+        masks = np.full((len(index), ch, cw), self.ignore_index, np.uint8)
         for k, i in enumerate(index):
             h, w = self.split.shapes[i]
             y, x = int(u[k, 0] * max(h - ch + 1, 1)), int(u[k, 1] * max(w - cw + 1, 1))
@@ -99,6 +100,29 @@ class Batches:
             images[k, : image.shape[0], : image.shape[1]] = image
             masks[k, : mask.shape[0], : mask.shape[1]] = mask
         return images, masks
+
+    def _gathered_crops(self, index: np.ndarray, u: torch.Tensor):
+        """The same pixels as the host's loop of per-image copies, as one gather on the
+        device: no per-image kernel launches and nothing read back to the host. Corners are
+        computed in float64 as the host's loop does (float32 draw times a NumPy int64), so
+        the same draws give the same crops."""
+        ch, cw = self.crop
+        device = self.split.pixels.device
+        if self._device_layout is None:  # where each image lies in the flat arrays, copied there once
+            offsets = np.concatenate([[0], np.cumsum(self.split.shapes[:, 0] * self.split.shapes[:, 1])[:-1]])
+            self._device_layout = (torch.as_tensor(self.split.shapes, dtype=torch.int64, device=device),
+                                   torch.as_tensor(offsets, dtype=torch.int64, device=device))
+        shapes, offsets = self._device_layout
+        rows = torch.as_tensor(index, dtype=torch.int64).to(device, non_blocking=True)
+        h, w, start = shapes[rows, 0, None], shapes[rows, 1, None], offsets[rows, None, None]
+        u = u.to(device, torch.float64, non_blocking=True)
+        y = (u[:, 0, None] * (h - ch + 1).clamp(min=1)).long() + torch.arange(ch, device=device)  # (n, ch) source rows
+        x = (u[:, 1, None] * (w - cw + 1).clamp(min=1)).long() + torch.arange(cw, device=device)  # (n, cw) source columns
+        inside = (y < h)[:, :, None] & (x < w)[:, None, :]  # an image smaller than the crop is padded
+        flat = start + torch.minimum(y, h - 1)[:, :, None] * w[:, :, None] + torch.minimum(x, w - 1)[:, None, :]
+        images = torch.where(inside[..., None], self.split.pixels.view(-1, 3)[flat], 0)
+        masks = torch.where(inside, self.split.labels[flat], self.ignore_index)
+        return images, masks.to(torch.uint8)
 
     def check_trainable(self) -> None:
         """Training needs a full batch, shared evenly, of one shape: whole images of one shape, or crops."""
@@ -131,7 +155,9 @@ class Batches:
         order = torch.randperm(n, generator=generator).numpy()
         for start in range(0, self.training_steps() * self.batch_size, self.batch_size):
             index = np.sort(order[start : start + self.batch_size])
-            u = torch.rand(len(index), 2, generator=generator).numpy() if self.crop is not None else None
+            # Drawn on the host generator (its state is what a resumed run restores); a GPU-held split
+            # takes the draws in one small copy that does not wait for the GPU.
+            u = torch.rand(len(index), 2, generator=generator) if self.crop is not None else None
             share = len(index) // processes
             mine = slice(rank * share, (rank + 1) * share)
             arrays = self._crops(index[mine], u[mine]) if self.crop is not None else self.split.stacked(index[mine])

@@ -1,8 +1,9 @@
 """Validate every raw pair, bring it to the working resolution once, split
 deterministically, and stream uint8 arrays to disk.
 
-Memory stays flat whatever the dataset's size: samples are decoded a few at a
-time by a thread pool and written as they come. The summary records what a
+Memory stays flat whatever the dataset's size: samples are decoded and resized a
+few at a time by a pool of processes, one per core (preprocess.workers), and written
+in order as they come, so the output is the same bytes whatever the count. The summary records what a
 person needs before trusting a number: counts, per-class pixels, rejected files
 and images that appear in more than one split.
 """
@@ -10,10 +11,12 @@ and images that appear in more than one split.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -88,17 +91,66 @@ def load_sample(raw: RawDataset, pair: Pair, resize: Resize, min_side: int, keep
                   labels if keep_native else None, digest)
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, pool: Executor | None = None) -> Iterator[R]:
     """Like pool.map, in order, but with only a few results in flight, so memory
-    stays flat however many items there are (Executor.map submits them all)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    stays flat however many items there are (Executor.map submits them all).
+    Threads of this process unless given a `pool` (of processes)."""
+    with (ThreadPoolExecutor(max_workers=workers) if pool is None else nullcontext(pool)) as running:
         pending: deque = deque()
         for item in items:
-            pending.append(pool.submit(fn, item))
+            pending.append(running.submit(fn, item))
             if len(pending) >= 4 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+# What each worker process of the pool loads samples from, set once when it starts (not sent with every pair).
+_WORKER: dict = {}
+
+
+def _start_worker(raw: RawDataset, resize: Resize, min_side: int) -> None:
+    _WORKER.update(raw=raw, resize=resize, min_side=min_side)
+
+
+def _load_in_worker(task: tuple[Pair, bool]) -> Sample:
+    pair, keep_native = task
+    return load_sample(_WORKER["raw"], pair, _WORKER["resize"], _WORKER["min_side"], keep_native)
+
+
+def worker_count(setting: int) -> int:
+    """preprocess.workers: 0 means one per core this process may use."""
+    if setting:
+        return setting
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class SampleLoader:
+    """Loads samples in order with `workers` processes (1: threads of this process, as
+    decoding a small dataset is quicker than starting processes). Processes, because
+    decoding and resizing hold the GIL for much of their time: threads alone kept one core
+    busy. Spawned, not forked: the parent may hold torch's threads, which a fork copies
+    in whatever state they were."""
+
+    def __init__(self, raw: RawDataset, resize: Resize, min_side: int, workers: int):
+        self.raw, self.resize, self.min_side, self.workers = raw, resize, min_side, workers
+        self.pool = None
+        if workers > 1:
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_start_worker, initargs=(raw, resize, min_side))
+
+    def load(self, pairs: list[Pair], keep_native: bool) -> Iterator[Sample]:
+        if self.pool is None:
+            load = lambda pair: load_sample(self.raw, pair, self.resize, self.min_side, keep_native)  # noqa: E731
+            return bounded_map(load, pairs, os.cpu_count() or 1)
+        return bounded_map(_load_in_worker, [(pair, keep_native) for pair in pairs], self.workers, self.pool)
+
+    def __enter__(self) -> "SampleLoader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
 
 
 def assign_splits(pairs: list[Pair], params: SplitParams) -> dict[str, list[Pair]]:
@@ -233,7 +285,7 @@ def check_space(out_dir: Path, needed: int) -> None:
                            "or free space or move the project to a larger disk; nothing was written")
 
 
-def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path, workers: int | None = None) -> dict:
+def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path) -> dict:
     resize = Resize(params.resize.by, params.resize.to)
     splits = assign_splits(raw.pairs, params.split)
     check_space(out_dir, bytes_to_write(raw, splits, resize))
@@ -241,18 +293,18 @@ def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path, workers
     problems: list[Problem] = list(raw.problems)
     digests: dict[str, list[tuple[str, str]]] = {}
     counts = {}
-    for name in SPLITS:
-        writer = SplitWriter(out_dir, name, native=name == "test")
-        load = lambda pair, native=name == "test": load_sample(raw, pair, resize, params.min_side, native)  # noqa: E731
-        for sample in bounded_map(load, splits[name], workers or os.cpu_count() or 1):
-            if sample.problem:
-                problems.append(sample.problem)
-                continue
-            writer.append(sample.pair.id, sample.image, sample.mask, sample.native_mask)
-            stats.add(name, sample)
-            digests.setdefault(sample.digest, []).append((sample.pair.id, name))
-        writer.close()
-        counts[name] = len(writer)
+    with SampleLoader(raw, resize, params.min_side, worker_count(params.workers)) as loader:
+        for name in SPLITS:
+            writer = SplitWriter(out_dir, name, native=name == "test")
+            for sample in loader.load(splits[name], keep_native=name == "test"):
+                if sample.problem:
+                    problems.append(sample.problem)
+                    continue
+                writer.append(sample.pair.id, sample.image, sample.mask, sample.native_mask)
+                stats.add(name, sample)
+                digests.setdefault(sample.digest, []).append((sample.pair.id, name))
+            writer.close()
+            counts[name] = len(writer)
 
     total = len(raw.pairs) + len(raw.problems)
     if problems and params.on_bad_sample == "error":

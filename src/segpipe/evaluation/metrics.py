@@ -16,18 +16,45 @@ import torch
 from segpipe.distributed import all_reduce
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """(num_classes, num_classes) int64 counts of (true, predicted) pixel pairs.
+def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int,
+                     per_sample: bool = False) -> torch.Tensor:
+    """(num_classes**2 + 1,) int64: the (true, predicted) pair counts, flattened, then the
+    number of pixels whose label is out of range; (N, num_classes**2 + 1), one row per
+    sample of the batch, with `per_sample`.
+
+    The counts go into a vector of fixed size (index_add_): torch.bincount's output size
+    depends on the largest label, which a GPU can only learn by a round trip to the host,
+    and that was one synchronisation per image (328% of the prediction on an H200,
+    benchmarks/RESULTS.md). Nothing here reads a value back; callers check the last
+    (out-of-range) count once, at the end of a pass.
 
     Ignored pixels are counted in an extra bin 0 and dropped, rather than removed by
     boolean indexing first: that made a compacted copy of every pixel (and forces a
-    device sync on CUDA), and cost more than the network's convolutions in evaluate
-    (benchmarks/RESULTS.md). int32 is ample: labels are uint8, so indices stay below 65,536."""
+    device sync on CUDA), and cost more than the network's convolutions in evaluate.
+    int32 is ample for the index: labels are uint8, so indices stay below 65,536."""
+    bins = num_classes * num_classes + 2  # ignored, the pairs, out of range
     index = torch.where(target == ignore_index, 0, target.to(torch.int32) * num_classes + pred.to(torch.int32) + 1)
-    counts = torch.bincount(index.reshape(-1), minlength=num_classes * num_classes + 1)
-    if counts.numel() > num_classes * num_classes + 1:  # a label out of range is an error, never a count
+    index = index.clamp_(max=bins - 1).reshape(index.shape[0] if per_sample else 1, -1).long()
+    if per_sample:  # sample k counts into bins k * bins ... (k + 1) * bins - 1
+        index += torch.arange(index.shape[0], device=index.device).unsqueeze(1) * bins
+    ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.numel())
+    counts = torch.zeros(index.shape[0] * bins, dtype=torch.int64, device=index.device).index_add_(0, index.reshape(-1), ones)
+    counts = counts.reshape(-1, bins)[:, 1:]
+    return counts if per_sample else counts[0]
+
+
+def _refuse_out_of_range(outside: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    if int(outside):  # a label out of range is an error, never a count
         raise ValueError(f"labels outside 0..{num_classes - 1} (other than {ignore_index}, which is ignored)")
-    return counts[1:].reshape(num_classes, num_classes)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts of (true, predicted) pixel pairs, checked
+    at once for labels out of range (one read of the device: accumulate with
+    ConfusionMatrix in loops, which checks once at the end)."""
+    counts = confusion_counts(pred, target, num_classes, ignore_index)
+    _refuse_out_of_range(counts[-1], num_classes, ignore_index)
+    return counts[:-1].reshape(num_classes, num_classes)
 
 
 class ConfusionMatrix:
@@ -35,15 +62,24 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.outside = torch.zeros((), dtype=torch.int64, device=device)  # pixels labelled out of range, checked once
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        self.counts += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        self.add(confusion_counts(pred, target, self.num_classes, self.ignore_index))
+
+    def add(self, counts: torch.Tensor) -> None:
+        """Add confusion_counts' vector (or the sum of its per-sample rows), without reading the device."""
+        self.counts += counts[:-1].reshape(self.num_classes, self.num_classes)
+        self.outside += counts[-1]
 
     def all_reduce(self) -> None:
-        """Sum the counts of every process, once, at the end of an evaluation."""
+        """Sum the counts of every process, once, at the end of an evaluation, and refuse
+        labels out of range (the pass's one read of the device)."""
         all_reduce(self.counts)
+        _refuse_out_of_range(self.outside, self.num_classes, self.ignore_index)
 
     def numpy(self) -> np.ndarray:
+        _refuse_out_of_range(self.outside, self.num_classes, self.ignore_index)
         return self.counts.cpu().numpy()
 
 

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from segpipe.data.batches import Batches
 from segpipe.device import Runtime
 from segpipe.distributed import all_reduce
-from segpipe.evaluation.metrics import ConfusionMatrix, confusion_matrix
+from segpipe.evaluation.metrics import ConfusionMatrix, confusion_counts
 from segpipe.models.forward import predict_logits
 
 
@@ -59,21 +59,30 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     for images, masks, index in batches.iterate():
         logits = predict_logits(model, images, runtime)
         working.update(logits.argmax(dim=1), masks)
-        for k, row in enumerate(index):
-            truth = _native_truth(split, row, runtime.device)
-            upsampled = logits[k : k + 1]
-            if truth.shape != upsampled.shape[-2:]:
-                upsampled = F.interpolate(upsampled, size=truth.shape, mode="bilinear", align_corners=False)
-            counts = confusion_matrix(upsampled.argmax(dim=1)[0], truth, num_classes, ignore_index)
-            native.counts += counts
-            per_image[row] = counts
+        # Images of one original size are upsampled and counted together, one row of counts each.
+        for positions, truths in _native_truths(split, index, runtime.device):
+            upsampled = logits if len(positions) == len(index) else logits[torch.as_tensor(positions, device=logits.device)]
+            if truths.shape[-2:] != upsampled.shape[-2:]:
+                upsampled = F.interpolate(upsampled, size=truths.shape[-2:], mode="bilinear", align_corners=False)
+            counts = confusion_counts(upsampled.argmax(dim=1), truths, num_classes, ignore_index, per_sample=True)
+            native.add(counts.sum(dim=0))
+            per_image[torch.as_tensor(index[positions], device=per_image.device)] = counts[:, :-1].reshape(-1, num_classes, num_classes)
     native.all_reduce()
     working.all_reduce()
     return TestScores(native, working, per_image.cpu().numpy())
 
 
-def _native_truth(split, row: int, device: torch.device) -> torch.Tensor:
-    """A test image's original mask on the device: from the memory map, or already there
-    when the split is held on the GPU (a tensor, which numpy cannot take from a GPU)."""
-    mask = split.native_mask(row)
-    return mask.to(device) if isinstance(mask, torch.Tensor) else torch.tensor(mask, device=device)
+def _native_truths(split, index: np.ndarray, device: torch.device):
+    """(positions in the batch, their original masks stacked on the device) for each original
+    size among the batch's rows: from the memory map in one copy, or already there when the
+    split is held on the GPU (tensors, which numpy cannot take from a GPU)."""
+    if split.native_shapes is None:
+        split.native_mask(int(index[0]))  # raises the error that says how to make them
+    shapes = split.native_shapes[index]
+    for shape in sorted({tuple(s) for s in shapes.tolist()}):
+        positions = np.flatnonzero((shapes == shape).all(axis=1))
+        masks = [split.native_mask(int(row)) for row in index[positions]]
+        if isinstance(masks[0], torch.Tensor):
+            yield positions, torch.stack(masks).to(device)
+        else:
+            yield positions, torch.from_numpy(np.stack(masks)).to(device)

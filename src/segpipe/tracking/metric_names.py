@@ -24,8 +24,11 @@ def epoch_metrics(row: dict) -> dict[str, float | None]:
     return ordered
 
 
-def training_summary_metrics(best_val_miou: float | None, seconds: float) -> dict[str, float | None]:
-    return {"best_val_miou": best_val_miou, "speed/train_seconds": seconds}
+def training_summary_metrics(best_val_miou: float | None, seconds: float, images_per_second: float,
+                             peak_gpu_memory_gib: float | None = None) -> dict[str, float | None]:
+    """`peak_gpu_memory_gib` is None (not logged) off a GPU; MLflow's system/* metrics carry the rest."""
+    return {"best_val_miou": best_val_miou, "speed/train_seconds": seconds, "speed/train_images_per_second": images_per_second,
+            "speed/peak_gpu_memory_gib": peak_gpu_memory_gib}
 
 
 def test_metrics(native: dict, working: dict) -> dict[str, float | None]:
