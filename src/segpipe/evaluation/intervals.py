@@ -35,10 +35,11 @@ def resample_indices(num_images: int, samples: int, seed: int = SEED) -> np.ndar
     return np.random.default_rng(seed).integers(0, num_images, size=(samples, num_images))
 
 
-def resampled_scores(per_image: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
+def resampled_scores(per_image: np.ndarray, indices: np.ndarray, class_iou: bool = False) -> dict[str, np.ndarray]:
     """Each headline score of every resample (one row of `indices`): the per-image
     matrices of its images summed, then reduced by metrics.scores. A score a
-    resample cannot define (say, no labelled pixel at all) is nan."""
+    resample cannot define (say, no labelled pixel at all) is nan. With class_iou,
+    each class's IoU too, as "iou/<class index>"."""
     # float64 holds pixel counts exactly (below 2**53) and lets the product run on BLAS.
     flat = np.asarray(per_image, dtype=np.float64).reshape(len(per_image), -1)
     num_classes = per_image.shape[-1]
@@ -46,12 +47,17 @@ def resampled_scores(per_image: np.ndarray, indices: np.ndarray) -> dict[str, np
     draws = np.stack([np.bincount(row, minlength=len(per_image)) for row in indices]).astype(np.float64)
     matrices = (draws @ flat).reshape(len(indices), num_classes, num_classes)
     classes = [str(c) for c in range(num_classes)]
-    values = {name: np.full(len(indices), np.nan) for name in SCORED}
+    names = [*SCORED, *([f"iou/{c}" for c in classes] if class_iou else [])]
+    values = {name: np.full(len(indices), np.nan) for name in names}
     for k, matrix in enumerate(matrices):
         reduced = scores(matrix, classes)
         for name in SCORED:
             if reduced[name] is not None:
                 values[name][k] = reduced[name]
+        if class_iou:
+            for c in classes:
+                if reduced["per_class"][c]["iou"] is not None:
+                    values[f"iou/{c}"][k] = reduced["per_class"][c]["iou"]
     return values
 
 
