@@ -18,7 +18,7 @@ from segpipe.config import Params, params_digest
 from segpipe.data.processed import ProcessedSplit, read_summary
 from segpipe.device import runtime_for
 from segpipe.errors import SegpipeError
-from segpipe.evaluation.intervals import bootstrap_intervals
+from segpipe.evaluation.intervals import bootstrap_intervals, class_iou_intervals
 from segpipe.evaluation.per_image import PerImageResults
 from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint
 from segpipe.models.forward import predict_masks
@@ -128,6 +128,14 @@ def against_baseline(run: ResultsRun, params: Params, reference, results: Result
     return baseline
 
 
+def per_class_with_intervals(results: Results, samples: int) -> list[dict]:
+    """The per-class table with each IoU's 95% bootstrap interval (None where undefined or turned off)."""
+    classes = results.per_image.classes
+    intervals = class_iou_intervals(results.per_image.matrices, classes, samples)
+    return [{**row, "iou_ci95_low": getattr(intervals.get(row["class"]), "low", None),
+             "iou_ci95_high": getattr(intervals.get(row["class"]), "high", None)} for row in results.per_class]
+
+
 def write_reports(title: str, sections: list[Section], figures: list[Figure], examples: Examples,
                   per_class: list[dict]) -> None:
     with atomic_dir(REPORTS_DIR) as staging:
@@ -186,6 +194,7 @@ def main() -> None:
         "report/figures": [FIGURES / f"{f.name}.png" for f in figures],
         "report/predictions": [PREDICTIONS / f"{e.id}.png" for e in examples.first],
     })
+    run.log_table(per_class_with_intervals(results, params.report.bootstrap_samples), "report/per_class_table.json")
     print_summary("report", out=str(REPORTS_DIR / "report.html"), figures=[f.name for f in figures],
                   predictions=str(PREDICTIONS), bootstrap_samples=params.report.bootstrap_samples)
 

@@ -80,3 +80,12 @@ def bootstrap_intervals(per_image: np.ndarray, samples: int, confidence: float =
         return {}
     values = resampled_scores(per_image, resample_indices(len(per_image), samples, seed))
     return {name: percentile_interval(values[name], confidence, samples) for name in SCORED}
+
+
+def class_iou_intervals(per_image: np.ndarray, classes: list[str], samples: int, confidence: float = 0.95,
+                        seed: int = SEED) -> dict[str, Interval | None]:
+    """An interval for each class's IoU, from the same resamples as bootstrap_intervals; empty when samples is 0."""
+    if samples <= 0 or not len(per_image):
+        return {}
+    values = resampled_scores(per_image, resample_indices(len(per_image), samples, seed), class_iou=True)
+    return {name: percentile_interval(values[f"iou/{i}"], confidence, samples) for i, name in enumerate(classes)}

@@ -79,8 +79,9 @@ def compare_with_baseline(client, experiment: str, reference: Reference | None, 
                                               f"{reference.short}) in experiment {experiment!r}: it was never run "
                                               "against this MLflow store (first run, or another store)")
     if run.run_id == current_run_id:
-        return BaselineComparison(run, None, f"this run is the baseline's own ({reference.what}, commit "
-                                             f"{reference.short}): nothing changed that made a new model")
+        return BaselineComparison(run, None, f"this run is itself the model at {reference.what} (commit "
+                                             f"{reference.short}, with no change to code or params), so there is no "
+                                             "other model to compare it with")
     try:
         baseline_results = run_per_image(client, run)
     except SegpipeError as exc:
