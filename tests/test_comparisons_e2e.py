@@ -89,7 +89,7 @@ def test_a_teammate_pulls_an_experiment_sees_it_and_compares_it_with_their_own_r
     run(["git", "remote", "add", "origin", str(remote)], project)
     run(["git", "push", "-q", "origin", "HEAD"], project)
     dvc("remote", "add", "--local", "-d", "shared", str(store), cwd=project)
-    dvc("push", cwd=project)
+    dvc("push", "--all-branches", cwd=project)   # the workspace holds the experiment; push the commit's outputs
     dvc("exp", "push", "origin", "two-epochs", cwd=project)
 
     # A teammate clones, pulls the data and the colleague's experiment, and sees it.

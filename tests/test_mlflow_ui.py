@@ -3,6 +3,8 @@ prints the runs table's address, best-so-far metrics beside the last, and the pe
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -74,7 +76,7 @@ def test_class_iou_intervals_come_from_the_same_resamples():
     assert class_iou_intervals(mixed, ["background", "shape"], samples=0) == {}
 
 
-def test_epoch_images_and_the_per_class_table_land_in_the_run(in_tmp):
+def test_epoch_images_land_in_the_run_for_the_image_slider(in_tmp):
     from segpipe.tracking.runs import TrainingRun
 
     run = TrainingRun("segpipe", {"train.lr": 0.01}, {}, required=True, run_name="images")
@@ -88,3 +90,19 @@ def test_epoch_images_and_the_per_class_table_land_in_the_run(in_tmp):
     assert len(logged) == 4 * 2
     assert sorted(p.split("+timestamp")[0] for p in logged if p.endswith(".png")) == [
         f"images/val_predictions~img{i}+step+{step}" for i in (0, 1) for step in (1, 2)]
+
+
+def test_the_per_class_table_with_intervals_is_an_mlflow_table(in_tmp):
+    import json
+
+    from segpipe.tracking.runs import ResultsRun
+
+    (in_tmp / "model.pt").write_bytes(b"weights")
+    run = ResultsRun(in_tmp / "model.pt", in_tmp / "mlflow_run.json", "segpipe", True, {"train.lr": 0.01}, {})
+    rows = [{"class": "background", "iou": 0.9, "iou_ci95_low": 0.85, "iou_ci95_high": 0.93},
+            {"class": "shape", "iou": 0.6, "iou_ci95_low": None, "iou_ci95_high": None}]
+    run.log_table(rows, "report/per_class_table.json")
+    client = MlflowClient(tracking_uri=f"sqlite:///{in_tmp / 'mlflow.db'}")
+    table = json.loads(Path(client.download_artifacts(run.run_id, "report/per_class_table.json", str(in_tmp))).read_text())
+    assert table["columns"] == ["class", "iou", "iou_ci95_low", "iou_ci95_high"]
+    assert table["data"] == [["background", 0.9, 0.85, 0.93], ["shape", 0.6, None, None]]

@@ -250,3 +250,44 @@ def test_champion_moves_only_to_a_better_model_and_the_version_carries_the_compa
     assert (tags["segpipe.champion.test_data_md5"], tags["segpipe.champion.test_images"]) == ("abc.dir", "3")
     assert main([*promote, "best"]) == 0
     assert "best is already the champion (segmenter version 3)" in capsys.readouterr().out
+
+
+def test_the_baseline_is_the_run_committed_beside_the_baseline_model_and_other_test_data_is_a_reason(store, tmp_path):
+    import json
+    import subprocess
+
+    from segpipe.reporting.document import baseline_section, render_markdown
+    from segpipe.tracking.baseline import compare_with_baseline
+    from segpipe.tracking.params import ParamChange, Reference
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    baseline_id = logged_run(store, tmp_path, "baseline-run", A)
+    git("init", "-q")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/mlflow_run.json").write_text(json.dumps({"run_id": baseline_id, "run_name": "baseline-run",
+                                                                 "experiment": EXPERIMENT, "model_sha256": "x"}))
+    git("add", "models/mlflow_run.json")
+    git("commit", "-qm", "baseline")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    reference = Reference(commit, "the last commit", {"train.lr": 0.01})
+    tags = {"data_processed_dvc_md5": "abc.dir"}
+
+    found = compare_with_baseline(store, EXPERIMENT, reference, PERFECT, tags, "current-run", 100, tmp_path)
+    assert found.run.run_id == baseline_id and found.comparison.headline.verdict == "better"
+    section = render_markdown("r", [baseline_section(found, reference, [ParamChange("train.lr", 0.01, 0.02)])], "f")
+    assert (f"A is the model at the last commit (commit {commit[:8]}; MLflow run baseline-run, {baseline_id}); B is "
+            "this run. What changed: train.lr: 0.01 → 0.02.") in section
+    assert "| mIoU | 0.6000 | 1.0000 | +0.4000 | +0.4000 … +0.4000 | better |" in section
+    assert "In test mIoU this run is better than the baseline at 95%" in section
+
+    other = results(*PERFECT.matrices, ids=["img0", "img1", "img7"])
+    refused = compare_with_baseline(store, EXPERIMENT, reference, other, tags, "current-run", 100, tmp_path)
+    assert refused.comparison is None and refused.absent.startswith(
+        "the baseline was scored on other test data: the test images (3 vs 3: 1 only in the baseline (baseline-run)")
+    assert compare_with_baseline(store, EXPERIMENT, None, PERFECT, tags, None, 100, tmp_path).absent == (
+        "there is no baseline commit (not a git repository, or nothing committed yet)")
+    section = render_markdown("r", [baseline_section(refused, reference, [])], "f")
+    assert "No comparison with the baseline: the baseline was scored on other test data" in section
