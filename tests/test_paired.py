@@ -21,6 +21,7 @@ from segpipe.evaluation.paired import (
     compare_paired,
 )
 from segpipe.evaluation.per_image import PerImageResults
+from tests.test_tracking import mlflow_server  # noqa: F401  (the fixture: a real `mlflow server` on 127.0.0.1)
 
 CLASSES = ["background", "shape"]
 IDS = ["img0", "img1", "img2"]
@@ -291,3 +292,25 @@ def test_the_baseline_is_the_run_committed_beside_the_baseline_model_and_other_t
         "there is no baseline commit (not a git repository, or nothing committed yet)")
     section = render_markdown("r", [baseline_section(refused, reference, [])], "f")
     assert "No comparison with the baseline: the baseline was scored on other test data" in section
+
+
+def test_compare_and_promote_through_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch, capsys):
+    # The team's path: REST calls to `mlflow server`, artifacts served by it (model versions come back as strings).
+    from mlflow.tracking import MlflowClient
+
+    from segpipe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    client.create_experiment(EXPERIMENT)
+    logged_run(client, tmp_path, "first", A, register="segmenter")
+    logged_run(client, tmp_path, "best", PERFECT, register="segmenter")
+    assert main(["compare", "--experiment", EXPERIMENT, "first", "best", "--samples", "100"]) == 0
+    assert row(capsys.readouterr().out, "mIoU") == ["mIoU", "0.6000", "1.0000", "+0.4000", "+0.4000 … +0.4000", "better"]
+    promote = ["promote", "--experiment", EXPERIMENT, "--name", "segmenter", "--samples", "100"]
+    assert main([*promote, "first"]) == 0 and main([*promote, "best"]) == 0
+    champion = client.get_model_version_by_alias("segmenter", "champion")
+    assert str(champion.version) == "2" and champion.tags["segpipe.champion.verdict"] == "better"
+    assert main([*promote, "first"]) == 1   # the old champion is not better than the new one: the alias stays
+    assert str(client.get_model_version_by_alias("segmenter", "champion").version) == "2"
