@@ -119,7 +119,8 @@ def earlier_runs(run: ResultsRun, params: Params) -> list[ComparedRun] | None:
 
 def against_baseline(run: ResultsRun, params: Params, reference, results: Results, tags: dict) -> BaselineComparison:
     """The paired comparison with the model at the baseline commit, or why there is none."""
-    baseline = compare_with_baseline(None, params.mlflow.experiment, reference, results.per_image, tags, None, 0, PROJECT_ROOT)
+    baseline = compare_with_baseline(None, params.mlflow.experiment, reference, results.per_image, tags, None, 0,
+                                     PROJECT_ROOT)
     if run.active:
         with run.guard("reading the baseline's run"):
             baseline = compare_with_baseline(run.mlflow.MlflowClient(), params.mlflow.experiment, reference,

@@ -28,7 +28,7 @@ def segpipe(*args: str, cwd: Path, check: bool = True):
 
 
 def table_row(text: str, label: str) -> list[str]:
-    line = next(line for line in text.splitlines() if line.startswith(label + "  ") or line.startswith(f"| {label} |"))
+    line = next(line for line in text.splitlines() if line.startswith((label + "  ", f"| {label} |")))
     return [cell.strip() for cell in (line.strip("|").split("|") if line.startswith("|") else re.split(r"\s{2,}", line))]
 
 
@@ -78,8 +78,9 @@ def test_the_first_report_says_why_it_has_no_baseline_and_the_experiments_report
 
 def test_a_teammate_pulls_an_experiment_sees_it_and_compares_it_with_their_own_run(project, tmp_path):
     # The model is declared as a DVC artifact of type model.
-    artifacts = run([sys.executable, "-c", "from dvc.repo import Repo; a = Repo('.').artifacts.read()['dvc.yaml']"
-                     "['segmenter']; print(a.path, a.type, sorted(a.labels))"], project).stdout
+    script = ("from dvc.repo import Repo; a = Repo('.').artifacts.read()['dvc.yaml']['segmenter']; "
+              "print(a.path, a.type, sorted(a.labels))")
+    artifacts = run([sys.executable, "-c", script], project).stdout
     assert artifacts.strip() == "models/model.pt model ['pytorch', 'segpipe', 'semantic-segmentation']"
 
     # The author shares the baseline (git push, dvc push) and the experiment (dvc exp push) through a bare git

@@ -151,10 +151,8 @@ def logged_run(client, tmp_path, name: str, per_image: PerImageResults, seed: in
     client.log_artifact(run_id, str(folder / "per_image.npz"), artifact_path="metrics")
     client.set_terminated(run_id)
     if register:
-        try:
+        if not client.search_registered_models(f"name = '{register}'"):
             client.create_registered_model(register)
-        except Exception:
-            pass
         client.create_model_version(register, source=f"runs:/{run_id}/model", run_id=run_id)
     return run_id
 
@@ -272,7 +270,8 @@ def test_the_baseline_is_the_run_committed_beside_the_baseline_model_and_other_t
                                                                  "experiment": EXPERIMENT, "model_sha256": "x"}))
     git("add", "models/mlflow_run.json")
     git("commit", "-qm", "baseline")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True,
+                            check=True).stdout.strip()
     reference = Reference(commit, "the last commit", {"train.lr": 0.01})
     tags = {"data_processed_dvc_md5": "abc.dir"}
 
@@ -294,7 +293,7 @@ def test_the_baseline_is_the_run_committed_beside_the_baseline_model_and_other_t
     assert "No comparison with the baseline: the baseline was scored on other test data" in section
 
 
-def test_compare_and_promote_through_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch, capsys):
+def test_compare_and_promote_through_a_real_tracking_server(mlflow_server, tmp_path, monkeypatch, capsys):  # noqa: F811
     # The team's path: REST calls to `mlflow server`, artifacts served by it (model versions come back as strings).
     from mlflow.tracking import MlflowClient
 

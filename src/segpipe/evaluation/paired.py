@@ -28,7 +28,8 @@ from segpipe.evaluation.metrics import scores
 from segpipe.evaluation.per_image import PerImageResults
 
 BETTER, WORSE, NO_DIFFERENCE = "better", "worse", "no detectable difference"
-LABELS = {"miou": "mIoU", "f1": "F1 (Dice)", "pixel_accuracy": "pixel accuracy", "mean_class_accuracy": "mean class accuracy"}
+LABELS = {"miou": "mIoU", "f1": "F1 (Dice)", "pixel_accuracy": "pixel accuracy",
+          "mean_class_accuracy": "mean class accuracy"}
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class PairedComparison:
         def value(mean, std):
             return "n/a" if mean is None else f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
 
-        return [[d.label, value(d.a, d.a_std), value(d.b, d.b_std), "n/a" if d.difference is None else f"{d.difference:+.4f}",
+        return [[d.label, value(d.a, d.a_std), value(d.b, d.b_std),
+                 "n/a" if d.difference is None else f"{d.difference:+.4f}",
                  "n/a" if d.interval is None else f"{d.interval.low:+.4f} … {d.interval.high:+.4f}", d.verdict]
                 for d in self.differences]
 

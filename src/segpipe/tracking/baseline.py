@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from segpipe.errors import SegpipeError
 from segpipe.evaluation.paired import PairedComparison, ScoredRun, compare_paired, test_data_differences
 from segpipe.evaluation.per_image import PerImageResults
-from segpipe.errors import SegpipeError
 from segpipe.paths import RUN_LINK
 from segpipe.tracking.leaderboard import RunSummary
 from segpipe.tracking.lineage import git

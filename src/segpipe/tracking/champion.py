@@ -68,33 +68,34 @@ def comparison_tags(comparison: PairedComparison, champion: ComparedRun, previou
 
 def promote(client, name: str, run: RunSummary, samples: int = 1000) -> Promotion:
     """Point `champion` at the run's version when it beats the current champion (or there is none)."""
-    version = run_version(client, name, run)
+    version = str(run_version(client, name, run).version)   # a string over REST, an int from a SQLite store
     champion = current_champion(client, name)
+    holder_version = None if champion is None else str(champion.version)
     if champion is None:
-        client.set_registered_model_alias(name, ALIAS, str(version.version))
-        client.set_model_version_tag(name, str(version.version), f"{TAG}.previous_version", "none")
-        return Promotion(True, str(version.version), None, None, f"{name} version {str(version.version)} ({run.name}) is the first "
+        client.set_registered_model_alias(name, ALIAS, version)
+        client.set_model_version_tag(name, version, f"{TAG}.previous_version", "none")
+        return Promotion(True, version, None, None, f"{name} version {version} ({run.name}) is the first "
                          f"champion: models:/{name}@{ALIAS}")
     if champion.run_id == run.run_id:
-        return Promotion(True, str(version.version), str(champion.version), None,
-                         f"{run.name} is already the champion ({name} version {str(champion.version)})")
+        return Promotion(True, version, holder_version, None,
+                         f"{run.name} is already the champion ({name} version {holder_version})")
     challenger = run_test_data(client, run)
     holder = run_test_data(client, RunSummary.from_mlflow(client.get_run(champion.run_id)))
     check_same_test_data([holder.test_data, challenger.test_data])
     comparison = compare_paired(holder.test_data.results, challenger.test_data.results, samples)
     headline = comparison.headline
     if headline.verdict != BETTER:
-        return Promotion(False, str(version.version), str(champion.version), comparison,
-                         f"not promoted: {run.name} ({name} version {str(version.version)}) is not better than the champion "
-                         f"(version {str(champion.version)}, {holder.test_data.name}) in test mIoU: {headline.verdict}, "
+        return Promotion(False, version, holder_version, comparison,
+                         f"not promoted: {run.name} ({name} version {version}) is not better than the champion "
+                         f"(version {holder_version}, {holder.test_data.name}) in test mIoU: {headline.verdict}, "
                          f"B − A {headline.difference:+.4f}, 95% CI {_interval(headline)}; the alias stays on version "
-                         f"{str(champion.version)}")
-    for key, value in comparison_tags(comparison, holder, str(champion.version)).items():
-        client.set_model_version_tag(name, str(version.version), key, value)
-    client.set_registered_model_alias(name, ALIAS, str(version.version))
-    return Promotion(True, str(version.version), str(champion.version), comparison,
-                     f"promoted: models:/{name}@{ALIAS} is now version {str(version.version)} ({run.name}), better than version "
-                     f"{str(champion.version)} in test mIoU by {headline.difference:+.4f} (95% CI {_interval(headline)})")
+                         f"{holder_version}")
+    for key, value in comparison_tags(comparison, holder, holder_version).items():
+        client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, ALIAS, version)
+    return Promotion(True, version, holder_version, comparison,
+                     f"promoted: models:/{name}@{ALIAS} is now version {version} ({run.name}), better than version "
+                     f"{holder_version} in test mIoU by {headline.difference:+.4f} (95% CI {_interval(headline)})")
 
 
 def _interval(difference) -> str:

@@ -178,8 +178,8 @@ class Tracking:
         if experiment is None:
             try:
                 # A local store keeps artifacts beside it, wherever the stages happen to run from.
-                return mlflow.create_experiment(name, artifact_location=(store_root() / "mlruns").as_uri() if local else None,
-                                                tags=EXPERIMENT_KIND)
+                location = (store_root() / "mlruns").as_uri() if local else None
+                return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
             except mlflow.exceptions.MlflowException as exc:
                 # Another first run (a parallel queued experiment, a teammate) created it since the look-up.
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (experiment := mlflow.get_experiment_by_name(name)) is None:
