@@ -37,6 +37,7 @@ test: $(STAMP)
 	$(WITH_VENV) python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 ui: $(STAMP)
+	@$(WITH_VENV) python -m segpipe.tracking.ui sqlite:///$(CURDIR)/mlflow.db http://127.0.0.1:5000
 	$(WITH_VENV) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 # Performance comparisons, each printed side by side as ratios from one run (benchmarks/RESULTS.md);

@@ -67,7 +67,7 @@ def main() -> None:
     # The tags name a new run, made only when this store lacks the run that trained the model (a teammate's).
     tags = lineage_tags(PROJECT_ROOT, params_digest(params)) | {"mlflow.note.content": what_changed(params, PROJECT_ROOT)}
     run = ResultsRun(BEST_MODEL, RUN_LINK, params.mlflow.experiment, params.mlflow.required, loggable_params(params), tags)
-    run.log(metrics=test_metrics(results, working), artifacts={"metrics": [EVAL_METRICS, CONFUSION_MATRIX]})
+    run.log(metrics=test_metrics(results, working), artifacts={"metrics": [EVAL_METRICS, CONFUSION_MATRIX, PER_IMAGE]})
     print_summary("evaluate", miou=results["miou"], f1=results["f1"], pixel_accuracy=results["pixel_accuracy"],
                   working_resolution_miou=working["miou"], test_images=len(test.split))
 

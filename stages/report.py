@@ -18,7 +18,7 @@ from segpipe.config import Params, params_digest
 from segpipe.data.processed import ProcessedSplit, read_summary
 from segpipe.device import runtime_for
 from segpipe.errors import SegpipeError
-from segpipe.evaluation.intervals import bootstrap_intervals
+from segpipe.evaluation.intervals import bootstrap_intervals, class_iou_intervals
 from segpipe.evaluation.per_image import PerImageResults
 from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint
 from segpipe.models.forward import predict_masks
@@ -40,6 +40,7 @@ from segpipe.paths import (
 )
 from segpipe.reporting.document import (
     Section,
+    baseline_section,
     dataset_section,
     examples_section,
     figure_section,
@@ -53,6 +54,7 @@ from segpipe.reporting.document import (
 from segpipe.reporting.figures import Example, Figure, confusion_figure, examples_figure, training_curves
 from segpipe.reporting.overlay import side_by_side
 from segpipe.runner import print_summary, run_stage, stage_params
+from segpipe.tracking.baseline import BaselineComparison, compare_with_baseline
 from segpipe.tracking.leaderboard import ComparedRun, compare_runs, experiment_runs
 from segpipe.tracking.lineage import lineage_tags
 from segpipe.tracking.metric_names import interval_metrics
@@ -115,6 +117,26 @@ def earlier_runs(run: ResultsRun, params: Params) -> list[ComparedRun] | None:
     return compared if run.active else None
 
 
+def against_baseline(run: ResultsRun, params: Params, reference, results: Results, tags: dict) -> BaselineComparison:
+    """The paired comparison with the model at the baseline commit, or why there is none."""
+    baseline = compare_with_baseline(None, params.mlflow.experiment, reference, results.per_image, tags, None, 0,
+                                     PROJECT_ROOT)
+    if run.active:
+        with run.guard("reading the baseline's run"):
+            baseline = compare_with_baseline(run.mlflow.MlflowClient(), params.mlflow.experiment, reference,
+                                             results.per_image, tags, run.run_id, params.report.bootstrap_samples,
+                                             PROJECT_ROOT)
+    return baseline
+
+
+def per_class_with_intervals(results: Results, samples: int) -> list[dict]:
+    """The per-class table with each IoU's 95% bootstrap interval (None where undefined or turned off)."""
+    classes = results.per_image.classes
+    intervals = class_iou_intervals(results.per_image.matrices, classes, samples)
+    return [{**row, "iou_ci95_low": getattr(intervals.get(row["class"]), "low", None),
+             "iou_ci95_high": getattr(intervals.get(row["class"]), "high", None)} for row in results.per_class]
+
+
 def write_reports(title: str, sections: list[Section], figures: list[Figure], examples: Examples,
                   per_class: list[dict]) -> None:
     with atomic_dir(REPORTS_DIR) as staging:
@@ -161,6 +183,7 @@ def main() -> None:
         examples_section(best, worst),
         dataset_section(summary),
         lineage_section(tags, asdict(link) if link else None, run.run_id, reference, changes),
+        baseline_section(against_baseline(run, params, reference, results, tags), reference, changes),
         history_section(params.mlflow.experiment, earlier_runs(run, params)),
     ]
     figures = [f for f in (curves, confusion, best, worst) if f is not None]
@@ -172,6 +195,7 @@ def main() -> None:
         "report/figures": [FIGURES / f"{f.name}.png" for f in figures],
         "report/predictions": [PREDICTIONS / f"{e.id}.png" for e in examples.first],
     })
+    run.log_table(per_class_with_intervals(results, params.report.bootstrap_samples), "report/per_class_table.json")
     print_summary("report", out=str(REPORTS_DIR / "report.html"), figures=[f.name for f in figures],
                   predictions=str(PREDICTIONS), bootstrap_samples=params.report.bootstrap_samples)
 

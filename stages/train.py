@@ -32,9 +32,10 @@ from segpipe.paths import (
 )
 from segpipe.runner import print_summary, run_stage, stage_params
 from segpipe.tracking.lineage import lineage_tags, new_run_name
-from segpipe.tracking.metric_names import epoch_metrics, training_summary_metrics
+from segpipe.tracking.metric_names import best_so_far, epoch_metrics, training_summary_metrics
 from segpipe.tracking.params import loggable_params, what_changed
 from segpipe.tracking.runs import TrainingRun
+from segpipe.training.epoch_images import epoch_strips
 from segpipe.training.loop import TrainingDiverged, seed_everything, train_one_epoch
 from segpipe.training.losses import LOSSES
 from segpipe.training.resume import Resume, discard
@@ -83,7 +84,10 @@ def train(params, info: DatasetInfo, runtime, group) -> None:
             resume.record(epoch, row, val, parts)  # the history, and the best model so far
             if group.is_main:
                 resume.save(epoch, run.run_id)  # before logging: a crash in between re-logs on resume instead of losing the epoch
-            run.log_metrics(epoch_metrics(row), step=epoch)
+            run.log_metrics(epoch_metrics(row) | best_so_far(resume.history, epoch), step=epoch)
+            if group.is_main and run.active:
+                run.log_images(epoch_strips(parts.model, parts.val_batches.split, parts.info.mean, parts.info.std,
+                                            runtime), step=epoch)
             say(describe(row, params.train.epochs), flush=True)
     except BaseException as stop:
         explain_stop(stop, epoch, params, run, runtime, group.is_main)  # marks the run; a divergence becomes a SegpipeError
@@ -113,7 +117,7 @@ def open_run(params, info: DatasetInfo, resume: "Resume", is_main: bool) -> Trai
         logged = run.logged_steps("train_loss")
         for row in resume.history:  # epochs whose metrics the interrupted run did not get to log
             if row["epoch"] not in logged:
-                run.log_metrics(epoch_metrics(row), step=row["epoch"])
+                run.log_metrics(epoch_metrics(row) | best_so_far(resume.history, row["epoch"]), step=row["epoch"])
     else:
         run.log_dataset(info.dataset, PROCESSED_DIR, tags.get("data_processed_dvc_md5"))
         resume.save(0, run.run_id)

@@ -3,6 +3,7 @@ shapes dataset, then what each stage wrote, the MLflow run, and DVC's caching.""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
@@ -107,10 +108,16 @@ def test_train_evaluate_and_report_are_one_named_mlflow_run_with_honest_lineage(
     per_class = {c["class"]: c for c in read_json(baseline / "metrics/per_class.json")}
     assert mlrun.data.metrics["test_per_class/iou_background"] == pytest.approx(per_class["background"]["iou"])
     assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "train_loss")] == [1]
+    (epoch_1,) = csv.DictReader((baseline / "metrics/train_history.csv").read_text().splitlines())
+    assert [m.value for m in client.get_metric_history(mlrun.info.run_id, "best_so_far/val_miou")] == [
+        pytest.approx(float(epoch_1["val_miou"]))]
+    # The first validation images predicted after the epoch, for the image slider.
+    assert sum(a.path.startswith("images/val_predictions~") and a.path.endswith(".png")
+               for a in client.list_artifacts(mlrun.info.run_id, "images")) == 3
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id, "report")}
-    assert {"report/report.html", "report/report.md"} <= artifacts
+    assert {"report/report.html", "report/report.md", "report/per_class_table.json"} <= artifacts
     assert {a.path for a in client.list_artifacts(mlrun.info.run_id, "metrics")} == {
-        "metrics/eval.json", "metrics/confusion_matrix.json"}
+        "metrics/eval.json", "metrics/confusion_matrix.json", "metrics/per_image.npz"}
 
 
 def test_nothing_reruns_and_bytecode_never_enters_a_hash(baseline, tmp_path):

@@ -81,6 +81,6 @@ def test_a_teammate_pulls_reruns_nothing_and_re_evaluates_into_their_own_store(b
     evaluation = json.loads((clone / "metrics/eval.json").read_text())
     assert mine.data.metrics["test_miou"] == pytest.approx(evaluation["miou"])
     assert {a.path for a in client.list_artifacts(mine.info.run_id, "metrics")} == {
-        "metrics/eval.json", "metrics/confusion_matrix.json"}
+        "metrics/eval.json", "metrics/confusion_matrix.json", "metrics/per_image.npz"}
     # The batch size changes no score: the metrics are the colleague's, so report had nothing new to do.
     assert evaluation == json.loads((project / "metrics/eval.json").read_text())

@@ -3,6 +3,9 @@
     segpipe predict IMAGE|FOLDER|GLOB ... [--model models/model.pt] [--out predictions] [--probabilities]
     segpipe export [--model models/model.pt] [--out models/model.onnx] [--samples IMAGE ...]
     segpipe compare [--sort test_miou] [--params ...] [--metrics ...] [--baseline RUN_ID] [--out runs.csv|runs.md]
+    segpipe compare --group-seeds             (runs that differ only in train.seed: mean ± std)
+    segpipe compare A B [--seeds] [--samples 1000]   (paired differences B - A, 95% intervals, verdict)
+    segpipe promote RUN [--name REGISTERED_MODEL]     (move models:/NAME@champion only to a better model)
 """
 
 from __future__ import annotations
@@ -46,10 +49,24 @@ def export_onnx_command(args) -> None:
 def compare_command(args) -> None:
     import pandas as pd
 
-    from segpipe.tracking.leaderboard import against_baseline, leaderboard, search_runs, write_table
+    from segpipe.tracking.leaderboard import against_baseline, leaderboard, search_runs, seed_summary, write_table
     from segpipe.tracking.store import tracking_uri
 
     experiment = args.experiment or _experiment_from_params()
+    if args.runs:
+        if len(args.runs) != 2:
+            raise SegpipeError(f"segpipe compare takes two runs to compare (A B), or none for the leaderboard; got "
+                               f"{len(args.runs)}: {' '.join(args.runs)}")
+        paired_command(experiment, *args.runs, args.seeds, args.samples)
+        return
+    if args.group_seeds:
+        table = seed_summary(search_runs(experiment, tracking_uri()), args.params, args.metrics, args.sort)
+        with pd.option_context("display.max_columns", None, "display.width", 200):
+            print(table.to_string(index=False) if not table.empty else f"no evaluated runs in experiment {experiment!r}")
+        if args.out:
+            write_table(table, args.out)
+            print(f"written: {args.out}")
+        return
     table = leaderboard(search_runs(experiment, tracking_uri()), args.params, args.metrics, args.sort, args.ascending)
     if args.baseline:
         table = against_baseline(table, args.baseline, args.params, args.metrics)
@@ -60,6 +77,79 @@ def compare_command(args) -> None:
     if args.out:
         write_table(table, args.out)
         print(f"written: {args.out}")
+
+
+def _client():
+    """An MlflowClient on the project's store, or None when its SQLite file does not exist (a git revision can still be
+    compared; opening the client would create an empty store)."""
+    from segpipe.tracking.store import _quiet_mlflow, tracking_uri
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
+    return _quiet_mlflow().MlflowClient(tracking_uri=uri)
+
+
+def print_table(header, rows) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def paired_command(experiment: str, reference_a: str, reference_b: str, seeds: bool, samples: int) -> None:
+    from segpipe.evaluation.paired import PairedComparison, check_same_test_data, compare_groups
+    from segpipe.paths import PROJECT_ROOT
+    from segpipe.tracking.leaderboard import experiment_runs
+    from segpipe.tracking.paired_runs import resolve, seed_group
+
+    client = _client()
+    sides = [resolve(client, experiment, reference, PROJECT_ROOT) for reference in (reference_a, reference_b)]
+    if seeds:
+        if any(side.run is None for side in sides):
+            raise SegpipeError("--seeds groups MLflow runs by their params: both A and B must be runs in this store")
+        runs = experiment_runs(client, experiment, max_runs=None)
+        groups = [seed_group(client, side.run, runs) for side in sides]
+    else:
+        groups = [[side] for side in sides]
+    check_same_test_data([member.test_data for group in groups for member in group])
+    comparison = compare_groups(*[[member.test_data.results for member in group] for group in groups], samples=samples)
+    for label, group in zip("AB", groups):
+        first = group[0]
+        where = f"MLflow run {first.run.run_id}" if first.run else "git/DVC revision"
+        seeds_note = (f", {len(group)} seeds: {', '.join(m.run.params.get('train.seed', '?') for m in group)}"
+                      if len(group) > 1 else "")
+        print(f"{label}: {first.test_data.name} ({where}{seeds_note})")
+    data = sides[0].test_data
+    print(f"test data: {comparison.images} images, classes {', '.join(data.results.classes)}, "
+          f"data_processed_dvc_md5 {data.processed_md5 or 'unknown'}")
+    print()
+    print_table(PairedComparison.HEADER, comparison.rows())
+    print()
+    print(f"B vs A in test mIoU: {comparison.headline.verdict} at {comparison.confidence:.0%}. {comparison.note()}")
+
+
+def promote_command(args) -> int:
+    from segpipe.config import load_params
+    from segpipe.evaluation.paired import PairedComparison
+    from segpipe.tracking.champion import promote
+    from segpipe.tracking.paired_runs import find_run
+
+    params = load_params() if not (args.name and args.experiment) else None
+    name = args.name or params.mlflow.register_model
+    if not name:
+        raise SegpipeError("which registered model? pass --name NAME, or set mlflow.register_model in params.yaml")
+    client = _client()
+    run = find_run(client, args.experiment or params.mlflow.experiment, args.run) if client is not None else None
+    if run is None:
+        raise SegpipeError(f"{args.run!r}: no such run in this MLflow store (give a run id, run name or DVC experiment "
+                           "name; `segpipe compare` lists them)")
+    promotion = promote(client, name, run, args.samples)
+    if promotion.comparison is not None:
+        print(f"A: the champion (version {promotion.previous}); B: {run.name} (version {promotion.version})")
+        print_table(PairedComparison.HEADER, promotion.comparison.rows())
+        print()
+    print(promotion.message)
+    return 0 if promotion.promoted else 1
 
 
 def _experiment_from_params() -> str:
@@ -89,7 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="images to check ONNX Runtime against PyTorch on (default: random images of three sizes)")
     export.add_argument("--atol", type=float, default=None, help="absolute tolerance on logits (default 1e-4)")
     export.add_argument("--rtol", type=float, default=None, help="tolerance relative to the largest |logit| (default 1e-4)")
-    compare = commands.add_parser("compare", help="leaderboard of the MLflow experiment's runs")
+    compare = commands.add_parser("compare", help="leaderboard of the MLflow experiment's runs, or the paired "
+                                  "comparison of two (segpipe compare A B)")
+    compare.add_argument("runs", nargs="*", metavar="RUN", help="two runs to compare, A then B: MLflow run ids or names, "
+                         "DVC experiment names or git revisions; none for the leaderboard")
+    compare.add_argument("--seeds", action="store_true", help="with A B: compare the groups of runs that differ from "
+                         "A and from B only in train.seed (resampling images and seeds)")
+    compare.add_argument("--samples", type=int, default=1000, help="bootstrap resamples of the paired comparison")
+    compare.add_argument("--group-seeds", action="store_true", help="leaderboard of the groups of runs that differ only "
+                         "in train.seed: mean ± std over seeds")
     compare.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment in params.yaml)")
     compare.add_argument("--params", nargs="*", default=DEFAULT_PARAMS, help="params to show (dotted keys)")
     compare.add_argument("--metrics", nargs="*", default=DEFAULT_METRICS, help="metrics to show")
@@ -98,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--baseline", metavar="RUN_ID", help="show each run's differences from this run")
     compare.add_argument("--limit", type=int, help="show the first N runs only")
     compare.add_argument("--out", type=Path, help="also write the table as .csv or .md")
+    promote = commands.add_parser("promote", help="move the registry's champion alias to this run's model version, "
+                                  "only if it is better than the champion (exit 1 when not)")
+    promote.add_argument("run", help="MLflow run id, run name or DVC experiment name")
+    promote.add_argument("--name", help="registered model (default: mlflow.register_model in params.yaml)")
+    promote.add_argument("--experiment", help="MLflow experiment (default: mlflow.experiment in params.yaml)")
+    promote.add_argument("--samples", type=int, default=1000, help="bootstrap resamples of the paired comparison")
     args = parser.parse_args(argv)
     try:
         if args.command == "predict":
@@ -106,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             export_onnx_command(args)
         elif args.command == "compare":
             compare_command(args)
+        elif args.command == "promote":
+            return promote_command(args)
     except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

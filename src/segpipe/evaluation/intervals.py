@@ -35,10 +35,11 @@ def resample_indices(num_images: int, samples: int, seed: int = SEED) -> np.ndar
     return np.random.default_rng(seed).integers(0, num_images, size=(samples, num_images))
 
 
-def resampled_scores(per_image: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
+def resampled_scores(per_image: np.ndarray, indices: np.ndarray, class_iou: bool = False) -> dict[str, np.ndarray]:
     """Each headline score of every resample (one row of `indices`): the per-image
     matrices of its images summed, then reduced by metrics.scores. A score a
-    resample cannot define (say, no labelled pixel at all) is nan."""
+    resample cannot define (say, no labelled pixel at all) is nan. With class_iou,
+    each class's IoU too, as "iou/<class index>"."""
     # float64 holds pixel counts exactly (below 2**53) and lets the product run on BLAS.
     flat = np.asarray(per_image, dtype=np.float64).reshape(len(per_image), -1)
     num_classes = per_image.shape[-1]
@@ -46,12 +47,17 @@ def resampled_scores(per_image: np.ndarray, indices: np.ndarray) -> dict[str, np
     draws = np.stack([np.bincount(row, minlength=len(per_image)) for row in indices]).astype(np.float64)
     matrices = (draws @ flat).reshape(len(indices), num_classes, num_classes)
     classes = [str(c) for c in range(num_classes)]
-    values = {name: np.full(len(indices), np.nan) for name in SCORED}
+    names = [*SCORED, *([f"iou/{c}" for c in classes] if class_iou else [])]
+    values = {name: np.full(len(indices), np.nan) for name in names}
     for k, matrix in enumerate(matrices):
         reduced = scores(matrix, classes)
         for name in SCORED:
             if reduced[name] is not None:
                 values[name][k] = reduced[name]
+        if class_iou:
+            for c in classes:
+                if reduced["per_class"][c]["iou"] is not None:
+                    values[f"iou/{c}"][k] = reduced["per_class"][c]["iou"]
     return values
 
 
@@ -74,3 +80,12 @@ def bootstrap_intervals(per_image: np.ndarray, samples: int, confidence: float =
         return {}
     values = resampled_scores(per_image, resample_indices(len(per_image), samples, seed))
     return {name: percentile_interval(values[name], confidence, samples) for name in SCORED}
+
+
+def class_iou_intervals(per_image: np.ndarray, classes: list[str], samples: int, confidence: float = 0.95,
+                        seed: int = SEED) -> dict[str, Interval | None]:
+    """An interval for each class's IoU, from the same resamples as bootstrap_intervals; empty when samples is 0."""
+    if samples <= 0 or not len(per_image):
+        return {}
+    values = resampled_scores(per_image, resample_indices(len(per_image), samples, seed), class_iou=True)
+    return {name: percentile_interval(values[f"iou/{i}"], confidence, samples) for i, name in enumerate(classes)}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from segpipe.errors import shortlist
 from segpipe.evaluation.intervals import Interval
 from segpipe.reporting.figures import Figure
+from segpipe.tracking.baseline import BaselineComparison
 from segpipe.tracking.leaderboard import ComparedRun
 from segpipe.tracking.params import ParamChange, Reference
 
@@ -139,6 +140,26 @@ def lineage_section(tags: dict[str, str], run_link: dict | None, results_run_id:
         blocks.append(Table(["param", f"at {reference.short}", "this run"],
                             [[c.key, str(c.before), str(c.after)] for c in changes]))
     return Section("This run", blocks)
+
+
+def baseline_section(baseline: BaselineComparison, reference: Reference | None, changes: list[ParamChange]) -> Section:
+    """This run against the model at its baseline commit: what changed, the paired differences and the verdict."""
+    title = "Against the baseline"
+    if baseline.comparison is None:
+        return Section(title, [Text(f"No comparison with the baseline: {baseline.absent}.")])
+    comparison, run = baseline.comparison, baseline.run
+    changed = (", ".join(f"{c.key}: {c.before} → {c.after}" for c in changes) if changes else
+               "no params (the code, the data or the environment changed)")
+    headline = comparison.headline
+    return Section(title, [
+        Text(f"A is the model at {reference.what} (commit {reference.short}; MLflow run {run.name}, {run.run_id}); B is "
+             f"this run. What changed: {changed}."),
+        Table(list(comparison.HEADER), comparison.rows()),
+        Text(f"In test mIoU this run is {headline.verdict} than the baseline at {comparison.confidence:.0%}"
+             if headline.verdict != "no detectable difference" else
+             f"In test mIoU there is no detectable difference from the baseline at {comparison.confidence:.0%}"),
+        Text(comparison.note()),
+    ])
 
 
 def history_section(experiment: str, compared: list[ComparedRun] | None) -> Section:

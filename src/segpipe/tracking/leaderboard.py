@@ -96,6 +96,31 @@ def against_baseline(table, baseline_id: str, params: list[str], metrics: list[s
     return result
 
 
+def seed_summary(runs: list[RunSummary], params: list[str], metrics: list[str], sort_by: str):
+    """One row per group of runs that differ only in train.seed: its seeds and each metric's mean ± std over them,
+    best mean first."""
+    import numpy as np
+    import pandas as pd
+
+    from segpipe.tracking.paired_runs import SEED_PARAM, seed_groups
+
+    rows = []
+    for group in seed_groups(runs):
+        row = {"runs": len(group), "seeds": ",".join(sorted((r.params.get(SEED_PARAM, "?") for r in group), key=str)),
+               "run_ids": ",".join(r.run_id[:8] for r in group)}
+        row |= {name: group[0].params.get(name) for name in params if name != SEED_PARAM}
+        for name in metrics:
+            values = [r.metrics[name] for r in group if name in r.metrics]
+            row[name] = (f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1
+                         else f"{values[0]:.4f}" if values else None)
+        row["_sort"] = np.mean([r.metrics[sort_by] for r in group if sort_by in r.metrics] or [np.nan])
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("_sort", ascending=False, na_position="last").drop(columns="_sort")
+
+
 def search_runs(experiment: str, tracking_uri: str) -> list[RunSummary]:
     """Every run of the experiment in the store at `tracking_uri`."""
     from mlflow.tracking import MlflowClient

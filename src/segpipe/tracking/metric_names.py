@@ -24,6 +24,21 @@ def epoch_metrics(row: dict) -> dict[str, float | None]:
     return ordered
 
 
+# Validation scores whose best so far is logged beside the last at every epoch (MLflow charts both, one step apart).
+_BEST_SO_FAR = ("val_miou", "val_f1", "val_pixel_accuracy")
+
+
+def best_so_far(history: list[dict], epoch: int) -> dict[str, float]:
+    """The best of each validation score over the epochs up to `epoch`, as best_so_far/<score>."""
+    upto = [row for row in history if row["epoch"] <= epoch]
+    best = {}
+    for name in _BEST_SO_FAR:
+        values = [float(row[name]) for row in upto if row.get(name) is not None]
+        if values:
+            best[f"best_so_far/{name}"] = max(values)
+    return best
+
+
 def training_summary_metrics(best_val_miou: float | None, seconds: float, images_per_second: float,
                              peak_gpu_memory_gib: float | None = None) -> dict[str, float | None]:
     """`peak_gpu_memory_gib` is None (not logged) off a GPU; MLflow's system/* metrics carry the rest."""

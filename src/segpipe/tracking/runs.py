@@ -101,6 +101,13 @@ class TrainingRun(Tracking):
             if self.active:
                 self.mlflow.log_metrics(_defined(metrics), step=step)
 
+    def log_images(self, images: dict, step: int, prefix: str = "val_predictions") -> None:
+        """(H, W, 3) uint8 images under `prefix/<name>` at this step: the run page's image slider."""
+        with self.guard("logging images"):
+            if self.active:
+                for name, image in images.items():
+                    self.mlflow.log_image(image, key=f"{prefix}/{name}", step=step)
+
     def logged_steps(self, metric: str) -> set[int]:
         """The steps a metric already has (a resumed run skips re-logging them)."""
         with self.guard("reading metric history"):
@@ -247,6 +254,13 @@ class ResultsRun(Tracking):
             except Exception:
                 pass
         super()._fail(exc, doing)
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """Rows as an MLflow table (the run's Artifacts tab shows it; the UI's evaluation view compares runs' tables)."""
+        with self.guard(f"logging {artifact_file} into run {self.run_id}"):
+            if self.active and rows:
+                self.mlflow.log_table({key: [row[key] for row in rows] for key in rows[0]}, artifact_file,
+                                      run_id=self.run_id)
 
     def log(self, metrics: dict[str, float | None] | None = None, artifacts: dict[str, list[Path]] | None = None) -> None:
         """Add results (`artifacts` maps a folder in the run to the files that go there)."""

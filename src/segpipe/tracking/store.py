@@ -174,12 +174,15 @@ class Tracking:
         experiment = mlflow.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return mlflow.create_experiment(name, artifact_location=local_artifact_location(self.uri))
+                # A local store keeps artifacts beside it (see local_artifact_location).
+                return mlflow.create_experiment(name, artifact_location=local_artifact_location(self.uri),
+                                                tags=EXPERIMENT_KIND)
             except mlflow.exceptions.MlflowException as exc:
                 # Another first run (a parallel queued experiment, a teammate) created it since the look-up.
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (experiment := mlflow.get_experiment_by_name(name)) is None:
                     raise
         check_artifacts_follow_project(self.uri, experiment.name, experiment.artifact_location)
+        mark_training_experiment(mlflow.MlflowClient(), experiment)
         return experiment.experiment_id
 
 
@@ -190,6 +193,28 @@ def local_artifact_location(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve().parent / "mlruns").as_uri()
     return None
+
+
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, tokens, "No data"). Two mechanisms of MLflow's
+# own say an experiment holds model training (read from its UI bundle, mlflow/server/js, at 3.17.2): the experiment
+# tag "mlflow.experimentKind" that the UI's experiment-type selector writes (what the UI goes by when its
+# GenAI / Model training switch is off), and that switch itself, which a `workflowType=machine_learning` query
+# parameter sets (otherwise the browser's last choice, GenAI for a new user). segpipe sets the tag on its
+# experiments and links to the runs table with the parameter.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+RUNS_VIEW = "workflowType=machine_learning"
+
+
+def mark_training_experiment(client, experiment) -> None:
+    """Tag an experiment made before segpipe set the kind (a user's own choice in the UI is left alone)."""
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+
+
+def runs_table_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's runs table."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{RUNS_VIEW}"
 
 
 def check_artifacts_follow_project(uri: str, experiment: str, artifact_location: str) -> None:
