@@ -260,15 +260,11 @@ def test_named_weights_the_encoder_lacks_are_refused_with_its_choices(setting, m
 # --- out of segpipe: ONNX, the MLflow program, predict ------------------------------------------
 
 
-@pytest.mark.parametrize("name, encoder", COMBINATIONS)
+@pytest.mark.parametrize("name, encoder", [("smp_unet", "resnet34"), ("smp_segformer", "mit_b0")])
 def test_onnx_export_matches_pytorch_at_sizes_no_stride_divides(name, encoder, tmp_path, capsys):
     model = smp(name, encoder, seed=10).eval()
     checkpoint_of(model, name, encoder).save(tmp_path / "model.pt")
-    status = main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "model.onnx")])
-    printed = capsys.readouterr()
-    if status != 0:  # the exporter may refuse an architecture: then it must say what it cannot take
-        assert "torch.onnx could not export the" in printed.err and not (tmp_path / "model.onnx").exists()
-        pytest.fail(f"{name}/{encoder} did not export: {printed.err}")
+    assert main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "model.onnx")]) == 0
     proto = onnx.load(tmp_path / "model.onnx")
     assert json.loads({p.key: p.value for p in proto.metadata_props}["encoder"]) == encoder
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -279,6 +275,16 @@ def test_onnx_export_matches_pytorch_at_sizes_no_stride_divides(name, encoder, t
         got = session.run(["logits"], {"images": batch.numpy()})[0]
         assert got.shape == expected.shape == (shape[0], 3, *shape[2:])
         assert np.abs(got - expected).max() <= tolerance(expected)
+
+
+def test_an_architecture_torch_onnx_cannot_take_is_a_clear_error_that_writes_nothing(tmp_path, capsys):
+    # smp's FPN doubles its maps with float scale factors; torch 2.14's exporter fails on its sizes for a
+    # dynamic height and width (the MLflow program, exported by MLflow, works: the next test).
+    checkpoint_of(smp("smp_fpn", "mobilenet_v2").eval(), "smp_fpn", "mobilenet_v2").save(tmp_path / "model.pt")
+    assert main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "model.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "error: torch.onnx could not export the Smp_FPN model: Failed to export the model with torch.export. (" in err
+    assert "\x1b[" not in err and not (tmp_path / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("name, encoder", COMBINATIONS)
