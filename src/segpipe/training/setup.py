@@ -73,7 +73,7 @@ def build_parts(params: Params, info: DatasetInfo, processed_dir, runtime: Runti
     scheduler = build_scheduler(optimizer, params.train, train_batches.training_steps())
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
     return TrainingParts(spec, info, model, stepping, train_batches, val_batches, tuple(crop or train_split.uniform_shape),
-                         loss_fn, optimizer, scheduler, scaler)
+                         loss_fn, optimizer, scheduler, scaler, loaded)
 
 
 def prepare_for_steps(model: torch.nn.Module, params, runtime: Runtime, group: Distributed) -> torch.nn.Module:
