@@ -22,7 +22,6 @@ from __future__ import annotations
 import difflib
 import math
 
-import torch
 from torch.nn import functional as F
 
 from segpipe.errors import SegpipeError, shortlist
