@@ -64,6 +64,8 @@ def train(params, info: DatasetInfo, runtime, group) -> None:
     resume = Resume.or_start(params, parts, generator, RESUME_STATE, PROCESSED_DIR, PROJECT_ROOT,
                              new_run_name(params.model.name, parts.info.dataset), group.is_main)
     run = open_run(params, parts.info, resume, group.is_main)
+    if parts.weights is not None:  # which bytes the training started from: a changed file shows on the run
+        run.set_tags(parts.weights.tags(params.model.weights))
     processes = f" x {group.world} processes" if group.active else ""
     say(f"training {params.model.name} on {parts.train_images} images, device {runtime.device}{processes}, MLflow run "
         f"{resume.run_name}", flush=True)

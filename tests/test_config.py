@@ -115,7 +115,7 @@ def test_every_working_resolution_form_is_accepted(raw_params, resize):
 
 @pytest.mark.parametrize("registry, name, message", [
     (MODELS, "resnet", r"model.name: unknown model 'resnet'; valid choices: cnn, deeplabv3_mobilenet_v3_large, "
-                       r"deeplabv3_resnet50, fcn, fcn_resnet50, lraspp_mobilenet_v3_large, unet"),
+                       r"deeplabv3_resnet50, fcn, fcn_resnet50, lraspp_mobilenet_v3_large, smp_deeplabv3, .*smp_upernet, unet"),
     (LOSSES, "focal", r"loss.name: unknown loss 'focal'; valid choices: ce_dice, cross_entropy, dice, mae, mse"),
     (SOURCES, "imagenet", r"data.dataset: unknown dataset 'imagenet'; valid choices: .*shapes"),
 ])

@@ -168,6 +168,8 @@ class ModelParams(Strict):
     base_channels: PositiveInt
     # none | a torchvision weights name (e.g. MobileNet_V3_Large_Weights.IMAGENET1K_V1) | a local .pt/.pth file
     weights: Annotated[str, Field(min_length=1)]
+    # The smp_* models' encoder: one of smp's (resnet34, efficientnet-b0, mit_b0, ...) or tu-<timm name>; null for the others.
+    encoder: Annotated[str, Field(min_length=1)] | None
 
 
 class LossParams(Strict):

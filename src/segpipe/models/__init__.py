@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from segpipe.errors import SegpipeError
 from segpipe.models.blocks import SegmentationModel
 from segpipe.models.cnn import CNN
 from segpipe.models.fcn import FCN8s
+from segpipe.models.smp_models import SMP_MODELS
 from segpipe.models.torchvision_models import TORCHVISION_MODELS
 from segpipe.models.unet import UNet
 from segpipe.models.weights import Loaded, apply_weights
@@ -17,6 +19,7 @@ MODELS: Registry[type[SegmentationModel]] = Registry("model.name", "model", {
     "fcn": FCN8s,
     "unet": UNet,
     **TORCHVISION_MODELS,
+    **SMP_MODELS,
 })
 
 __all__ = ["MODELS", "Loaded", "ModelSpec", "SegmentationModel", "apply_weights", "create_model", "spec_for"]
@@ -31,13 +34,23 @@ class ModelSpec:
     pooling: str
     base_channels: int
     in_channels: int = 3
+    # The smp models' encoder (model.encoder); None for the others. Defaulted, so checkpoints
+    # written before it existed (format 2 without it) still load.
+    encoder: str | None = None
 
 
 def create_model(spec: ModelSpec) -> SegmentationModel:
-    return MODELS[spec.name](in_channels=spec.in_channels, num_classes=spec.num_classes, pooling=spec.pooling,
-                             base_channels=spec.base_channels)
+    cls = MODELS[spec.name]
+    encoder = {"encoder": spec.encoder} if cls.uses_encoder else {}
+    return cls(in_channels=spec.in_channels, num_classes=spec.num_classes, pooling=spec.pooling,
+               base_channels=spec.base_channels, **encoder)
 
 
 def spec_for(params, num_classes: int) -> ModelSpec:
     """The spec params.yaml's model section describes, for a dataset of `num_classes`."""
-    return ModelSpec(MODELS.check(params.name), num_classes, params.pooling, params.base_channels)
+    cls = MODELS[params.name]
+    if params.encoder is not None and not cls.uses_encoder:
+        # A key that would not take effect stops the run rather than being ignored.
+        raise SegpipeError(f"model.encoder: {params.encoder!r} chooses the encoder of the smp_* models; {params.name} has "
+                           "none. Set model.encoder: null, or pick an smp model (e.g. model.name: smp_unet)")
+    return ModelSpec(params.name, num_classes, params.pooling, params.base_channels, encoder=params.encoder)

@@ -38,6 +38,8 @@ class SegmentationModel(nn.Module):
 
     # Whether model.pooling and model.base_channels shape this model.
     own_knobs = True
+    # Whether model.encoder chooses this model's encoder (the smp models).
+    uses_encoder = False
 
     def __init__(self, in_channels: int, num_classes: int, pooling: str, base_channels: int):
         super().__init__()

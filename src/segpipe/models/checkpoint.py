@@ -103,6 +103,7 @@ def model_metadata(checkpoint: ModelCheckpoint) -> dict:
     data = checkpoint.data
     return {
         "model": checkpoint.spec.name,
+        **({"encoder": checkpoint.spec.encoder} if checkpoint.spec.encoder else {}),
         "classes": list(data.classes),
         "ignore_index": data.ignore_index,
         "resize": dict(data.resize),

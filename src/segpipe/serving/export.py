@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,12 @@ def onnx_model(model: torch.nn.Module, example: np.ndarray, metadata: dict):
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=dynamic,
                                         opset_version=ONNX_OPSET, verbose=False)
     except Exception as exc:  # torch.export and the ONNX translation raise many types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).strip().splitlines()] or [type(exc).__name__]
+        # torch.export's own reason is further down than the exporter's first line, which only names the
+        # step that failed: the line after its "## Exception summary".
+        summary = [k for k, line in enumerate(lines) if line.startswith("## Exception summary")]
+        detail = next((line for line in lines[summary[0] + 1:] if line), "") if summary else ""
+        reason = (lines[0] + (f" ({detail})" if detail else ""))[:500]
         raise SegpipeError(f"torch.onnx could not export the {type(model).__name__} model: {reason}") from None
     proto = program.model_proto
     for key, value in metadata.items():

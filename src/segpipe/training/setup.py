@@ -15,7 +15,7 @@ from segpipe.data.processed import DatasetInfo, ProcessedSplit, read_summary
 from segpipe.device import Runtime
 from segpipe.distributed import Distributed
 from segpipe.errors import SegpipeError, warn
-from segpipe.models import ModelSpec, SegmentationModel, apply_weights, create_model, spec_for
+from segpipe.models import Loaded, ModelSpec, SegmentationModel, apply_weights, create_model, spec_for
 from segpipe.training.losses import create_loss, resolve_class_weights
 from segpipe.training.optim import build_optimizer, build_scheduler
 
@@ -33,6 +33,7 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
+    weights: Loaded | None = None    # the pretrained weights it started from (their sha256 goes on the run)
 
     @property
     def train_images(self) -> int:
@@ -75,7 +76,7 @@ def build_parts(params: Params, info: DatasetInfo, processed_dir, runtime: Runti
     scheduler = build_scheduler(optimizer, params.train, train_batches.training_steps())
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.needs_grad_scaler)
     return TrainingParts(spec, info, model, stepping, train_batches, val_batches, tuple(crop or train_split.uniform_shape),
-                         loss_fn, optimizer, scheduler, scaler)
+                         loss_fn, optimizer, scheduler, scaler, loaded)
 
 
 # A crop this many times the largest image (in pixels) is mostly padding: memory and time for nothing.
