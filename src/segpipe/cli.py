@@ -47,10 +47,12 @@ def compare_command(args) -> None:
     import pandas as pd
 
     from segpipe.tracking.leaderboard import against_baseline, leaderboard, search_runs, write_table
-    from segpipe.tracking.store import tracking_uri
+    from segpipe.tracking.store import server_uri, tracking_uri
 
     experiment = args.experiment or _experiment_from_params()
-    table = leaderboard(search_runs(experiment, tracking_uri()), args.params, args.metrics, args.sort, args.ascending)
+    # A login in the URI goes to MLflow apart from it, so no message names the password.
+    table = leaderboard(search_runs(experiment, server_uri(tracking_uri())), args.params, args.metrics, args.sort,
+                        args.ascending)
     if args.baseline:
         table = against_baseline(table, args.baseline, args.params, args.metrics)
     if args.limit:
