@@ -7,6 +7,7 @@ own look-ups log in as the admin."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -407,10 +410,7 @@ def test_a_run_whose_new_experiment_another_writer_created_first_still_records(s
 
 
 def status_of(url: str, login: tuple[str, str] | None = None) -> int:
-    import base64
-    import urllib.error
-    import urllib.request
-
+    """The HTTP status of a GET, with a basic-auth login or none."""
     header = {"Authorization": "Basic " + base64.b64encode(":".join(login).encode()).decode()} if login else {}
     try:
         with urllib.request.urlopen(urllib.request.Request(url, headers=header), timeout=10) as response:
@@ -447,7 +447,8 @@ def test_the_server_checks_who_is_calling_and_a_reader_cannot_write(stack):
     shown = subprocess.run([sys.executable, "-m", "tools.team_stack", "--dir", str(stack.folder), "--password", "bob"],
                            env=user_env(), capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and shown.stdout == f"{stack.password('bob')}\n"
-    assert (stack.folder / "stack.json").stat().st_mode & 0o077 == 0 and (stack.folder / "basic_auth.ini").stat().st_mode & 0o077 == 0
+    for secret in ("stack.json", "basic_auth.ini"):  # the passwords, and the users' database URL
+        assert (stack.folder / secret).stat().st_mode & 0o077 == 0, secret
 
 
 def port_open(port: int) -> bool:

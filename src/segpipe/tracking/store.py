@@ -222,7 +222,8 @@ class Tracking:
         return self.mlflow is not None
 
     def _fail(self, exc: BaseException, doing: str) -> None:
-        message = str(exc) if isinstance(exc, SegpipeError) else f"{doing} failed at {self.uri}: {_short(exc)}{_refusal(exc)}"
+        message = (str(exc) if isinstance(exc, SegpipeError) else
+                   f"{doing} failed at {self.uri}: {_short(exc)}{_refusal(exc)}")
         if self.owns_run and self.mlflow is not None:
             try:  # a run that could not be completed must not stay RUNNING (end_run forgets it first, then marks it)
                 with _http_setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"):  # the store just failed: one try
