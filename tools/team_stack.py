@@ -43,6 +43,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +265,8 @@ class TeamStack:
 
     def login_uri(self, user: str) -> str:
         """The server's URL with a login in it, as MLflow accepts it (for the admin's own calls)."""
-        return f"http://{user}:{self.password(user)}@{HOST}:{self.ports['mlflow']}"
+        login = ":".join(urllib.parse.quote(part, safe="") for part in (user, self.password(user)))
+        return f"http://{login}@{HOST}:{self.ports['mlflow']}"
 
     def s3_client(self):
         import boto3
