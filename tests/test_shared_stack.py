@@ -1,10 +1,13 @@
 """A team's shared stack, for real, on 127.0.0.1: an MLflow server on PostgreSQL that
-serves artifacts from S3-compatible storage (moto's server), and a DVC remote on the
-same storage. One stack for the module, started and stopped by tools.team_stack as
-a user starts it; the pipeline runs are experiments on the session's tiny baseline."""
+serves artifacts from S3-compatible storage (moto's server) and checks who is calling,
+and a DVC remote on the same storage. One stack for the module, started and stopped by
+tools.team_stack as a user starts it, with two teammates (alice, bob) and a reader
+(carol); the pipeline runs are experiments on the session's tiny baseline. The tests'
+own look-ups log in as the admin."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -16,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from segpipe.errors import SegpipeError
 from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue, user_env
 from tools.team_stack import (
     ACCESS_KEY_ID,
+    ADMIN,
     ARTIFACTS_BUCKET,
     DVC_BUCKET,
     HOST,
@@ -42,6 +48,7 @@ pytestmark = pytest.mark.xdist_group("stack")
 # bound it to seconds, are measured in docs/TEAM.md.
 FAIL_FAST = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 REMOTE_PREFIX = "segpipe"
+TEAMMATES, READER = ["alice", "bob"], "carol"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,10 @@ def team_stack():
     folder = Path(tempfile.mkdtemp(prefix="segpipe-team-stack-"))
     folder.chmod(0o755)
     try:
-        with TeamStack(folder / "stack", mlflow_port=0, s3_port=0, postgres_port=0) as stack:
+        with TeamStack(folder / "stack", mlflow_port=0, s3_port=0, postgres_port=0, users=TEAMMATES,
+                       readers=[READER]) as stack, pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN)
+            patch.setenv("MLFLOW_TRACKING_PASSWORD", stack.password(ADMIN))
             yield stack
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -76,8 +86,15 @@ def stack(team_stack) -> TeamStack:
     return running(team_stack)
 
 
-def tracking_env(stack: TeamStack, **extra) -> dict:
-    return {"MLFLOW_TRACKING_URI": stack.tracking_uri, **extra}
+def tracking_env(stack: TeamStack, user: str = TEAMMATES[0], **extra) -> dict:
+    """A teammate's shell: the server and their own login on it (docs/TEAM.md)."""
+    return {"MLFLOW_TRACKING_URI": stack.tracking_uri, "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": stack.password(user), **extra}
+
+
+def passwords_in(stack: TeamStack, text: str) -> list[str]:
+    """The logins whose password shows in `text`."""
+    return [user for user in (ADMIN, *TEAMMATES, READER) if stack.password(user) in text]
 
 
 def use_remote(project: Path, stack: TeamStack) -> None:
@@ -198,8 +215,9 @@ def test_queued_experiments_and_a_teammates_runs_all_land_on_the_server_each_its
     for repo, values in seeds.items():  # one experiment per value
         dvc("exp", "run", "--queue", "-S", f"train.seed={','.join(map(str, values))}",
             "-S", f"mlflow.log_model={log_model[repo]}", cwd=repo)
+    user = {project: "alice", clone: "bob"}  # each with their own login
     for repo in seeds:  # both queues at once: 4 trainings on the server side by side
-        start_queue(repo, tmp_path / f"queue-{repo.name}.log", tracking_env(stack))
+        start_queue(repo, tmp_path / f"queue-{repo.name}.log", tracking_env(stack, user[repo]))
     statuses = wait_for_queues({repo: len(values) for repo, values in seeds.items()})
     assert statuses[project].count("Success") == 4 and statuses[clone].count("Success") == 2, statuses
 
@@ -227,6 +245,8 @@ def test_queued_experiments_and_a_teammates_runs_all_land_on_the_server_each_its
         assert r.data.params["train.seed"] == str(mine.seed)
         assert r.data.tags["model_sha256"] == mine.link["model_sha256"]
         assert r.data.tags["dvc_exp_name"] == r.info.run_name
+        assert r.info.user_id == r.data.tags["mlflow.user"] == ("bob" if r.info.run_id in teammates else "alice")
+        assert passwords_in(stack, json.dumps(r.to_dictionary())) == []
         assert r.data.tags["dvc_exp_baseline_rev"] == r.data.tags["git_commit"] == head
         assert r.data.tags["data_processed_dvc_md5"] == processed_md5
         assert r.data.metrics["test_miou"] == pytest.approx(mine.evaluation["miou"])
@@ -250,10 +270,16 @@ def test_queued_experiments_and_a_teammates_runs_all_land_on_the_server_each_its
     assert through_server == stack.s3_client().get_object(Bucket=ARTIFACTS_BUCKET, Key=key)["Body"].read()
 
     # The teammate's leaderboard shows everyone's runs.
-    shown = run(["segpipe", "compare", "--out", "runs.csv"], clone, env=tracking_env(stack))
+    shown = run(["segpipe", "compare", "--out", "runs.csv"], clone, env=tracking_env(stack, "bob"))
     table = (clone / "runs.csv").read_text().splitlines()
     assert sorted(line.split(",")[0] for line in table[1:]) == sorted(r.info.run_id for r in runs)
     assert all(name in shown.stdout for name in experiments)
+    # No login's password in what the queues printed or the experiments committed.
+    printed = "".join((tmp_path / f"queue-{repo.name}.log").read_text() for repo in seeds) + shown.stdout + shown.stderr
+    committed = "".join(run(["git", "show", f"{ref}:{path}"], repo).stdout for repo in seeds
+                        for ref in dvc_experiment_refs(repo)
+                        for path in ("params.yaml", "dvc.lock", "models/mlflow_run.json", "metrics/eval.json"))
+    assert passwords_in(stack, printed + committed) == []
 
 
 def artifact_files(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -383,6 +409,48 @@ def test_a_run_whose_new_experiment_another_writer_created_first_still_records(s
     assert recorded.data.params == {"train.lr": "0.01"}
 
 
+def status_of(url: str, login: tuple[str, str] | None = None) -> int:
+    """The HTTP status of a GET, with a basic-auth login or none."""
+    header = {"Authorization": "Basic " + base64.b64encode(":".join(login).encode()).decode()} if login else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=header), timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.e2e
+def test_the_server_checks_who_is_calling_and_a_reader_cannot_write(stack):
+    from mlflow.exceptions import MlflowException
+
+    listing = f"{stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert status_of(listing) == 401  # anonymous
+    assert status_of(listing, ("alice", stack.password("alice") + "x")) == 401  # a wrong password
+    assert status_of(listing, ("nobody", stack.password("alice"))) == 401  # a login that does not exist
+    assert status_of(listing, ("alice", stack.password("alice"))) == 200
+    assert status_of(f"{stack.tracking_uri}/health") == 200  # load balancers' health checks need no login
+
+    team = MlflowClient(stack.login_uri(ADMIN))
+    experiment = (team.get_experiment_by_name("readers") or team.get_experiment(team.create_experiment("readers")))
+    written = MlflowClient(stack.login_uri("bob")).create_run(experiment.experiment_id, run_name="bobs")
+    reader = MlflowClient(stack.login_uri(READER))
+    assert reader.get_run(written.info.run_id).info.run_name == "bobs"  # a reader reads every run
+    with pytest.raises(MlflowException) as refused:
+        reader.create_run(experiment.experiment_id, run_name="carols")
+    assert refused.value.error_code == "PERMISSION_DENIED"
+    with pytest.raises(MlflowException) as refused:
+        reader.log_metric(written.info.run_id, "test_miou", 1.0)
+    assert refused.value.error_code == "PERMISSION_DENIED"
+    assert [r.info.run_name for r in team.search_runs([experiment.experiment_id])] == ["bobs"]
+    assert team.get_run(written.info.run_id).data.metrics == {}
+
+    shown = subprocess.run([sys.executable, "-m", "tools.team_stack", "--dir", str(stack.folder), "--password", "bob"],
+                           env=user_env(), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and shown.stdout == f"{stack.password('bob')}\n"
+    for secret in ("stack.json", "basic_auth.ini"):  # the passwords, and the users' database URL
+        assert (stack.folder / secret).stat().st_mode & 0o077 == 0, secret
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
@@ -421,7 +489,11 @@ def test_the_command_keeps_runs_and_artifacts_across_a_restart_and_stops_on_ctrl
         time.sleep(0.5)  # the rest of the instructions
         printed = "".join(lines)
         exports = dict(re.findall(r"^export (\w+)=(\S+)$", printed, re.MULTILINE))
-        assert set(exports) >= {"MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert set(exports) >= {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "AWS_ENDPOINT_URL_S3",
+                                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        # The password is read from stack.json by the command it shows, never printed.
+        assert f'export MLFLOW_TRACKING_PASSWORD="$(python -m tools.team_stack --dir {stack.folder} --password ' in printed
+        assert passwords_in(stack, printed) == []
         assert f"dvc remote modify team endpointurl {exports['AWS_ENDPOINT_URL_S3']}" in printed
         restarted = MlflowClient(exports["MLFLOW_TRACKING_URI"])
         run_ = restarted.get_run(before)

@@ -1,9 +1,18 @@
 """A team's tracking stack on this machine, for trying it: PostgreSQL holds MLflow's
 runs, S3-compatible object storage (moto's server) holds MLflow's artifacts and a
 bucket for a DVC remote, and `mlflow server` on top serves the artifacts through
-itself, so clients need the server's URL and nothing else.
+itself, so clients need the server's URL and their login, and nothing else.
 
     python -m tools.team_stack [--dir .team-stack] [--mlflow-port 5000] [--s3-port 9000] [--postgres-port 5433]
+                               [--user NAME ...] [--reader NAME ...]
+    python -m tools.team_stack [--dir .team-stack] --password NAME
+
+The server checks who is calling (MLflow's basic-auth app, its users in a second
+PostgreSQL database): an admin, who manages users; each --user (default: yours),
+who records runs in every experiment; each --reader, who reads them all and
+writes to none of them. Passwords are made on first use and kept in the folder's
+stack.json, readable by its owner only; --password prints one. A restart adds the
+users it names and keeps the others.
 
 Everything listens on 127.0.0.1 and keeps its data in one folder: PostgreSQL's
 cluster, and a copy of the buckets that is written when the stack stops (moto
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import getpass
 import glob
 import importlib.util
 import json
@@ -33,6 +43,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +58,10 @@ ACCESS_KEY_ID = "segpipe-team-stack"
 SECRET_ACCESS_KEY = "segpipe-team-stack-secret"
 REGION = "us-east-1"
 DATABASE, DB_USER = "mlflow", "mlflow"
+AUTH_DATABASE, ADMIN = "mlflow_auth", "admin"
+# Teammates record runs in any experiment and register models; everyone else reads (the server's default).
+WRITER_GRANTS = {"experiment": "EDIT", "registered_model": "EDIT"}
+DEFAULT_PERMISSION = "READ"
 START_TIMEOUT = 120  # seconds for one service to answer (the MLflow server migrates a new database first)
 STOP_TIMEOUT = 20
 
@@ -73,7 +88,8 @@ def postgres_bin() -> Path:
 
 
 # What the stack runs besides PostgreSQL, by module: the pip requirement that brings it.
-PYTHON_PARTS = {"moto.server": "moto[server]", "boto3": "boto3", "psycopg": "psycopg[binary]"}
+PYTHON_PARTS = {"moto.server": "moto[server]", "boto3": "boto3", "psycopg": "psycopg[binary]",
+                "flask_wtf": "mlflow[auth]"}
 
 
 def _importable(module: str) -> bool:
@@ -141,6 +157,7 @@ class Service:
         return self.process.poll() is None
 
     def failure(self, what: str) -> SegpipeError:
+        # SegpipeError redacts the log's lines: a server's may quote its database URL with the password.
         tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-15:]) if self.log.exists() else ""
         return SegpipeError(f"{self.name} {what}; its log {self.log} ends with:\n{tail}")
 
@@ -207,10 +224,14 @@ class TeamStack:
     start() and stop()."""
 
     def __init__(self, folder: Path, mlflow_port: int = 5000, s3_port: int = 9000, postgres_port: int = 5433,
-                 workers: int = 2):
+                 workers: int = 2, users: list[str] | None = None, readers: list[str] = ()):
         self.folder = Path(folder).resolve()
         self.ports = {"mlflow": mlflow_port, "s3": s3_port, "postgres": postgres_port}
         self.workers = workers
+        self.users, self.readers = list(users) if users else [getpass.getuser()], list(readers)
+        if clash := {ADMIN} & {*self.users, *self.readers} or set(self.users) & set(self.readers):
+            raise SegpipeError(f"{', '.join(sorted(clash))}: a login is either the admin, a --user or a --reader; "
+                               "give each person one name")
         self.services: dict[str, Service] = {}
         self.bin = postgres_bin()
         check_python_parts()
@@ -229,11 +250,23 @@ class TeamStack:
     def artifacts_destination(self) -> str:
         return f"s3://{ARTIFACTS_BUCKET}/artifacts"
 
-    def client_environment(self) -> dict[str, str]:
-        """What a user exports: the tracking server, and for DVC the S3 endpoint and credentials."""
-        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
+    def client_environment(self, user: str | None = None) -> dict[str, str]:
+        """What a user exports: the tracking server and their login on it, and for DVC the S3
+        endpoint and credentials."""
+        user = user or self.users[0]
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": user,
+                "MLFLOW_TRACKING_PASSWORD": self.password(user), "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
                 "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
                 "AWS_DEFAULT_REGION": REGION}
+
+    def password(self, user: str) -> str:
+        """A login's password (made on first use, kept in stack.json)."""
+        return self._secrets(user)["passwords"][user]
+
+    def login_uri(self, user: str) -> str:
+        """The server's URL with a login in it, as MLflow accepts it (for the admin's own calls)."""
+        login = ":".join(urllib.parse.quote(part, safe="") for part in (user, self.password(user)))
+        return f"http://{login}@{HOST}:{self.ports['mlflow']}"
 
     def s3_client(self):
         import boto3
@@ -267,6 +300,7 @@ class TeamStack:
             self.services["s3"].wait_until(self._s3_ready)
             self._restore_buckets()
             self.wait_for_mlflow()
+            self._ensure_logins()
         except BaseException:
             self.stop()
             raise
@@ -298,14 +332,57 @@ class TeamStack:
                 "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
                 # Server-side jobs (GenAI scorers) are no part of segpipe, and would start seven more processes.
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        password = self._secrets()["postgres_password"]
+        stored = self._secrets(ADMIN)
+        env |= {"MLFLOW_AUTH_CONFIG_PATH": str(self._write_auth_config(stored["postgres_password"])),
+                # The admin's password when the users' database is new (MLflow ships none), and the key
+                # every worker signs the sign-up page's CSRF token with.
+                "MLFLOW_AUTH_ADMIN_PASSWORD": stored["passwords"][ADMIN],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": stored["flask_secret_key"]}
         # SQLAlchemy's default PostgreSQL driver is psycopg (3).
-        backend = f"postgresql://{DB_USER}:{password}@{HOST}:{self.ports['postgres']}/{DATABASE}"
+        backend = self._database_uri(stored["postgres_password"], DATABASE)
         self.services["mlflow"] = Service.start("the MLflow server", [
-            sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(self.ports["mlflow"]),
-            "--workers", str(self.workers), "--backend-store-uri", backend,
+            sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host", HOST,
+            "--port", str(self.ports["mlflow"]), "--workers", str(self.workers), "--backend-store-uri", backend,
             "--artifacts-destination", self.artifacts_destination,
         ], self.folder / "logs/mlflow.log", env=env)
+
+    def _database_uri(self, password: str, database: str) -> str:
+        return f"postgresql://{DB_USER}:{password}@{HOST}:{self.ports['postgres']}/{database}"
+
+    def _write_auth_config(self, password: str) -> Path:
+        """basic_auth.ini for MLflow's basic-auth app: who may do what by default, and where users
+        are kept. It names the database password, so only its owner may read it."""
+        path = self.folder / "basic_auth.ini"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"""[mlflow]
+default_permission = {DEFAULT_PERMISSION}
+database_uri = {self._database_uri(password, AUTH_DATABASE)}
+admin_username = {ADMIN}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+""")
+        return path
+
+    def _ensure_logins(self) -> None:
+        """Each --user and --reader exists with the password in stack.json; users may write to every
+        experiment and registered model, readers only read (the server's default_permission)."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.server.auth.client import AuthServiceClient
+
+        admin = AuthServiceClient(self.login_uri(ADMIN))  # the login in the URL: no variable of this process changes
+        for user in (*self.users, *self.readers):
+            try:
+                admin.get_user(user)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                admin.create_user(user, self.password(user))
+            for resource, permission in WRITER_GRANTS.items():
+                if user in self.users:
+                    admin.grant_user_permission(user, resource, "*", permission)
+                else:  # a teammate who became a reader
+                    with contextlib.suppress(MlflowException):
+                        admin.revoke_user_permission(user, resource, "*")
 
     def wait_for_mlflow(self) -> None:
         self.services["mlflow"].wait_until(self._mlflow_ready)
@@ -321,14 +398,23 @@ class TeamStack:
 
     # --- PostgreSQL -----------------------------------------------------------------
 
-    def _secrets(self) -> dict:
-        """The database password, made on first use and kept in the folder, readable by its owner only."""
+    def _secrets(self, user: str | None = None) -> dict:
+        """The database password, the server's signing key and the logins' passwords (`user`'s made
+        if it has none), made on first use and kept in the folder, readable by its owner only."""
         path = self.folder / "stack.json"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        stored = json.loads(path.read_text()) if path.exists() else {"postgres_password": secrets.token_urlsafe(18)}
+        before = json.dumps(stored)
+        stored.setdefault("flask_secret_key", secrets.token_urlsafe(32))
+        passwords = stored.setdefault("passwords", {})
+        if user is not None and user not in passwords:
+            passwords[user] = secrets.token_urlsafe(18)
+        if json.dumps(stored) != before or not path.exists():
+            staging = path.with_name(f".stack.json.tmp-{os.getpid()}")
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
-                json.dump({"postgres_password": secrets.token_urlsafe(18)}, handle)
-        return json.loads(path.read_text())
+                json.dump(stored, handle)
+            staging.replace(path)
+        return stored
 
     def _start_postgres(self, password: str) -> None:
         data = self.folder / "postgres"
@@ -381,8 +467,9 @@ class TeamStack:
 
     def _create_database(self, password: str) -> None:
         with self._connect(password, "postgres") as connection:  # autocommit: CREATE DATABASE needs no transaction
-            if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:
-                connection.execute(f"CREATE DATABASE {DATABASE}")
+            for database in (DATABASE, AUTH_DATABASE):  # runs, and the server's users and permissions
+                if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+                    connection.execute(f"CREATE DATABASE {database}")
 
     # --- object storage -------------------------------------------------------------
 
@@ -435,13 +522,20 @@ class TeamStack:
     # --- what to tell the user ------------------------------------------------------
 
     def instructions(self) -> str:
-        exports = "\n".join(f"export {k}={v}" for k, v in self.client_environment().items())
+        """What to export, with the password read from stack.json by a command: never printed itself."""
+        user = self.users[0]
+        reading = f"python -m tools.team_stack --dir {self.folder} --password {user}"
+        exports = "\n".join(f"export {k}={v}" if k != "MLFLOW_TRACKING_PASSWORD" else f'export {k}="$({reading})"'
+                            for k, v in self.client_environment(user).items())
+        readers = f"; readers (read every run, write none): {', '.join(self.readers)}" if self.readers else ""
         return f"""\
 The team stack is up; its data is in {self.folder}. Ctrl-C stops it.
   MLflow server  {self.tracking_uri}  (runs in PostgreSQL on {HOST}:{self.ports['postgres']}, artifacts in {self.artifacts_destination})
   S3 (moto)      {self.s3_endpoint}  (buckets {ARTIFACTS_BUCKET}, {DVC_BUCKET}; saved to {self.folder / 's3'} when it stops)
+  Logins         {ADMIN} (manages users); users (record runs): {', '.join(self.users)}{readers}.
+                 Passwords are in {self.folder / 'stack.json'} (yours only): --password NAME prints one.
 
-In the shell you run the pipeline from:
+In the shell you run the pipeline from (as {user}; a teammate exports their own login):
 {exports}
 
 A DVC remote on the bucket, once per project (commit .dvc/config; the credentials stay in the
@@ -469,12 +563,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--s3-port", type=int, default=9000)
     parser.add_argument("--postgres-port", type=int, default=5433)
     parser.add_argument("--workers", type=int, default=2, help="MLflow server worker processes")
+    parser.add_argument("--user", action="append", default=[], metavar="NAME",
+                        help="a login that records runs, one per teammate (repeat; default: yours)")
+    parser.add_argument("--reader", action="append", default=[], metavar="NAME",
+                        help="a login that reads every run and writes none (repeat)")
+    parser.add_argument("--password", metavar="NAME", help="print NAME's password from the folder's stack.json, and exit")
     args = parser.parse_args(argv)
+    if args.password:
+        stored = Path(args.dir) / "stack.json"
+        passwords = json.loads(stored.read_text()).get("passwords", {}) if stored.exists() else {}
+        if args.password not in passwords:
+            print(f"error: no login {args.password!r} in {stored}; start the stack with --user {args.password} "
+                  "(or --reader) to make one", file=sys.stderr, flush=True)
+            return 2
+        print(passwords[args.password], flush=True)
+        return 0
     signal.signal(signal.SIGTERM, _raise_stop)
     # Ctrl-C stops the stack even where this process was started with SIGINT ignored (a background job).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        stack = TeamStack(args.dir, args.mlflow_port, args.s3_port, args.postgres_port, args.workers)
+        stack = TeamStack(args.dir, args.mlflow_port, args.s3_port, args.postgres_port, args.workers,
+                          args.user, args.reader)
     except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -50,9 +50,11 @@ def compare_command(args) -> None:
     import pandas as pd
 
     from segpipe.tracking.leaderboard import against_baseline, leaderboard, search_runs, seed_summary, write_table
-    from segpipe.tracking.store import tracking_uri
+    from segpipe.tracking.store import server_uri, tracking_uri
 
     experiment = args.experiment or _experiment_from_params()
+    # A login in the URI goes to MLflow apart from it, so no message names the password.
+    uri = server_uri(tracking_uri())
     if args.runs:
         if len(args.runs) != 2:
             raise SegpipeError(f"segpipe compare takes two runs to compare (A B), or none for the leaderboard; got "
@@ -60,14 +62,14 @@ def compare_command(args) -> None:
         paired_command(experiment, *args.runs, args.seeds, args.samples)
         return
     if args.group_seeds:
-        table = seed_summary(search_runs(experiment, tracking_uri()), args.params, args.metrics, args.sort)
+        table = seed_summary(search_runs(experiment, uri), args.params, args.metrics, args.sort)
         with pd.option_context("display.max_columns", None, "display.width", 200):
             print(table.to_string(index=False) if not table.empty else f"no evaluated runs in experiment {experiment!r}")
         if args.out:
             write_table(table, args.out)
             print(f"written: {args.out}")
         return
-    table = leaderboard(search_runs(experiment, tracking_uri()), args.params, args.metrics, args.sort, args.ascending)
+    table = leaderboard(search_runs(experiment, uri), args.params, args.metrics, args.sort, args.ascending)
     if args.baseline:
         table = against_baseline(table, args.baseline, args.params, args.metrics)
     if args.limit:
@@ -82,9 +84,9 @@ def compare_command(args) -> None:
 def _client():
     """An MlflowClient on the project's store, or None when its SQLite file does not exist (a git revision can still be
     compared; opening the client would create an empty store)."""
-    from segpipe.tracking.store import _quiet_mlflow, tracking_uri
+    from segpipe.tracking.store import _quiet_mlflow, server_uri, tracking_uri
 
-    uri = tracking_uri()
+    uri = server_uri(tracking_uri())  # a login in the URI goes to MLflow apart from it
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
     return _quiet_mlflow().MlflowClient(tracking_uri=uri)

@@ -236,7 +236,11 @@ class ResultsRun(Tracking):
             references["segpipe_results_of_name"] = link.run_name
             warn(f"MLflow run {original} that trained this model is not in {self.uri}; recording into a new run "
                   f"{name!r} that names it")
-        run = self.mlflow.MlflowClient().create_run(self.experiment_id(experiment), run_name=name, tags={**tags, **references})
+        from mlflow.tracking.context.registry import resolve_tags
+
+        # The context start_run records too: the user (the server login where there is one), source and git commit.
+        run = self.mlflow.MlflowClient().create_run(self.experiment_id(experiment), run_name=name,
+                                                    tags=resolve_tags({**tags, **references}))
         self.mlflow.MlflowClient().log_batch(run.info.run_id, params=[
             self.mlflow.entities.Param(k, str(v)) for k, v in params.items()])
         self.mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")

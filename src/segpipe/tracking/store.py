@@ -3,10 +3,16 @@
 With mlflow.required: false, every failure of the store (unreachable, read-only,
 corrupt) is a warning and results stay in metrics/; with true it stops the stage
 with a message, and a run that was started is marked FAILED, never left RUNNING.
+
+A server's login may be in the URI (http://user:password@host:port, as MLflow
+accepts it) or in MLFLOW_TRACKING_USERNAME/PASSWORD (or MLFLOW_TRACKING_TOKEN).
+MLflow is given the URI without it, so no password reaches a message, a log or a
+recorded value; every message quotes the store through errors.redact.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import urllib.error
@@ -16,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from segpipe.errors import SegpipeError, warn
+from segpipe.errors import SegpipeError, redact, warn
 
 
 def store_root() -> Path:
@@ -57,13 +63,71 @@ def _quiet_mlflow():
     return mlflow
 
 
-def prepare_store(uri: str) -> None:
-    """Make the store usable before any run starts.
+def split_login(uri: str) -> tuple[str, str | None, str | None]:
+    """A server URI without its user-info, and the user and password it held (decoded)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), urllib.parse.unquote(user), urllib.parse.unquote(password)
+
+
+def server_uri(uri: str) -> str:
+    """The URI to give MLflow: a server's without its login, which goes to MLflow as
+    MLFLOW_TRACKING_USERNAME/PASSWORD instead (MLflow reads them on every request). A login
+    in the URI wins over the variables, as in MLflow itself, whose HTTP library takes a URL's
+    login over the one MLflow puts in the header."""
+    bare, user, password = split_login(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = user, password or ""
+    return bare
+
+
+def login() -> tuple[str | None, dict[str, str]]:
+    """Who MLflow logs in as, and the Authorization header it sends with each request: basic
+    with a user and a password (the variables, else ~/.mlflow/credentials), else a bearer token."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    user, password = read_mlflow_creds()
+    if user and password:
+        return user, {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return None, {"Authorization": f"Bearer {token}"}
+    return None, {}
+
+
+def _check_server(uri: str) -> None:
+    """The server answers its health check, and takes the login (if it asks for one: MLflow's
+    basic-auth app leaves /health open, so a listing of one experiment is asked for too)."""
+    user, header = login()
+    path = "/health"
+    try:
+        for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+            request = urllib.request.Request(f"{uri.rstrip('/')}{path}", headers=header)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            who = (f"refused the login of user {user!r} (401: wrong user or password)" if user else
+                   "refused the token (401)" if header else "asks who is calling (401) and no login was given")
+            raise SegpipeError(f"the MLflow tracking server at {uri} {who}; set MLFLOW_TRACKING_USERNAME and "
+                               "MLFLOW_TRACKING_PASSWORD to your login on it (docs/TEAM.md)") from None
+        if path == "/health":
+            raise SegpipeError(f"the MLflow tracking server at {uri} is unreachable ({exc})") from None
+        # Any other answer to the listing (an older server, a proxy) is for MLflow's own calls to report.
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SegpipeError(f"the MLflow tracking server at {uri} is unreachable ({reason})") from None
+
+
+def prepare_store(uri: str) -> str:
+    """Make the store usable before any run starts; returns the URI to give MLflow.
 
     A new SQLite store is created and migrated under a file lock: MLflow migrates
     without one, and several processes opening a store that does not exist yet
     (parallel queued experiments) can corrupt it for good. A tracking server must
-    answer its health check."""
+    answer its health check and take the login (see server_uri)."""
     if uri.startswith("sqlite:///"):
         from filelock import FileLock
 
@@ -76,12 +140,10 @@ def prepare_store(uri: str) -> None:
             raise SegpipeError(f"cannot open the MLflow store {uri}: {_short(exc)}; move the broken database aside "
                                "or point MLFLOW_TRACKING_URI at another store") from None
     elif uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
-                response.read()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise SegpipeError(f"the MLflow tracking server at {uri} is unreachable ({reason})") from None
+        uri = server_uri(uri)
+        _quiet_mlflow()
+        _check_server(uri)
+    return uri
 
 
 @contextmanager
@@ -101,7 +163,7 @@ def _http_setting(variable: str, value: str) -> Iterator[None]:
 
 def _connect(uri: str):
     """MLflow, pointed at a store that is ready for use (see prepare_store)."""
-    prepare_store(uri)
+    uri = prepare_store(uri)
     mlflow = _quiet_mlflow()
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
@@ -118,8 +180,19 @@ def _short(exc: BaseException) -> str:
     """The root cause's first line, without SQLAlchemy's wrappers and pages of SQL."""
     while (exc.__cause__ or exc.__context__) is not None and not isinstance(exc, SegpipeError):
         exc = exc.__cause__ or exc.__context__
-    text = str(exc).strip()
+    text = redact(str(exc)).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _refusal(exc: BaseException) -> str:
+    """What a server that checks who is calling meant by refusing a call."""
+    code = getattr(exc, "error_code", None)
+    if code == "PERMISSION_DENIED":
+        return (f" (user {login()[0]!r} may not do this on the server: ask its admin for EDIT on the experiment, "
+                "docs/TEAM.md)")
+    if code == "UNAUTHENTICATED":
+        return " (the server refused the login: check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+    return ""
 
 
 def _defined(metrics: dict[str, float | None]) -> dict[str, float]:
@@ -133,11 +206,12 @@ class Tracking:
     nothing more is recorded (the metrics/ files still hold every result)."""
 
     def __init__(self, required: bool):
-        self.required, self.uri = required, tracking_uri()
+        # The URI as messages name it: a server's without its login.
+        self.required, self.uri = required, split_login(tracking_uri())[0]
         self.mlflow, self.run_id = None, None
         self.owns_run = False  # a run this process started, to be marked FAILED if recording breaks
         try:
-            self.mlflow = _connect(self.uri)
+            self.mlflow = _connect(tracking_uri())
         except SegpipeError as exc:
             self._fail(exc, "connecting")
 
@@ -146,7 +220,8 @@ class Tracking:
         return self.mlflow is not None
 
     def _fail(self, exc: BaseException, doing: str) -> None:
-        message = str(exc) if isinstance(exc, SegpipeError) else f"{doing} failed at {self.uri}: {_short(exc)}"
+        message = (str(exc) if isinstance(exc, SegpipeError) else
+                   f"{doing} failed at {self.uri}: {_short(exc)}{_refusal(exc)}")
         if self.owns_run and self.mlflow is not None:
             try:  # a run that could not be completed must not stay RUNNING (end_run forgets it first, then marks it)
                 with _http_setting("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"):  # the store just failed: one try
