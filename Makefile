@@ -29,7 +29,8 @@ run: $(STAMP)
 	@echo
 	@echo "Report:    file://$(CURDIR)/reports/report.html  (Markdown: reports/report.md)"
 	@echo "Plots:     $(BIN)/dvc plots show  (writes dvc_plots/index.html; opens offline)"
-	@echo "MLflow UI: $${MLFLOW_TRACKING_URI:-make ui, then open http://127.0.0.1:5000}"
+	@# The tracking URI may hold a login: printed with its password replaced by ***.
+	@$(BIN)/python -c 'import os; from segpipe.errors import redact; print("MLflow UI: " + redact(os.environ.get("MLFLOW_TRACKING_URI") or "make ui, which prints the runs table URL"))'
 
 # Two workers: tests that share a module-scoped server or run stay on one (xdist_group), handed
 # out in the order tests/conftest.py puts them, not by their count of tests.

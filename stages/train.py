@@ -98,6 +98,11 @@ def train(params, info: DatasetInfo, runtime, group) -> None:
     if group.is_main:  # the main process writes the outputs and records the run
         try:
             publish(params, parts, resume, run, runtime, group.world)
+        except KeyboardInterrupt:  # Ctrl-C during a long model upload: killed, as in the loop, and the state is kept
+            run.finish("KILLED")
+            warn(f"training interrupted while publishing; {RESUME_STATE} holds the last epoch, and the next `dvc repro` "
+                 "publishes from there")
+            raise
         except BaseException:  # a full disk while writing the model, say: the run is not complete, and must not say so
             run.finish("FAILED")
             raise

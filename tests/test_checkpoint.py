@@ -3,12 +3,14 @@ and the errors a foreign or mismatched file gets instead of a traceback."""
 
 import pytest
 import torch
+import yaml
 
 from segpipe.data.processed import DatasetInfo
 from segpipe.errors import SegpipeError
 from segpipe.models import ModelSpec, create_model
 from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint
 from segpipe.training.resume import ResumeState
+from tests.conftest import REPO_ROOT
 
 INFO = DatasetInfo("shapes", ["a", "b", "c"], 255, {"by": "shorter_side", "to": 16}, [0.5] * 3, [0.25] * 3)
 
@@ -77,3 +79,18 @@ def test_the_resume_state_carries_everything_a_resume_needs(tmp_path):
     assert loaded.history == state.history and loaded.scheduler == {"last_epoch": 7}
     assert loaded.best.spec == checkpoint.spec and torch.equal(loaded.rng["generator"], generator.get_state())
     assert loaded.optimizer["param_groups"][0]["lr"] == 0.01
+
+
+def test_the_resume_fingerprint_covers_the_pretrained_weights_bytes(tmp_path):
+    from segpipe.config import parse_params
+    from segpipe.training.resume import training_fingerprint
+
+    params = parse_params(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/summary.json").write_text("{}")
+    code = [REPO_ROOT / "stages/train.py"]
+    same = training_fingerprint(params, tmp_path / "data", code, "a" * 64)
+    # A DVC-tracked weights file that changed under the same model.weights starts over instead of resuming.
+    assert same == training_fingerprint(params, tmp_path / "data", code, "a" * 64)
+    assert same != training_fingerprint(params, tmp_path / "data", code, "b" * 64)
+    assert same != training_fingerprint(params, tmp_path / "data", code, None)

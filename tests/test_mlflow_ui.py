@@ -106,3 +106,12 @@ def test_the_per_class_table_with_intervals_is_an_mlflow_table(in_tmp):
     table = json.loads(Path(client.download_artifacts(run.run_id, "report/per_class_table.json", str(in_tmp))).read_text())
     assert table["columns"] == ["class", "iou", "iou_ci95_low", "iou_ci95_high"]
     assert table["data"] == [["background", 0.9, 0.85, 0.93], ["shape", 0.6, None, None]]
+
+
+def test_epoch_image_keys_are_ones_mlflow_accepts_whatever_the_photos_are_called():
+    from segpipe.training.epoch_images import image_key
+
+    # MLflow's log_image refuses keys outside [A-Za-z0-9_\-./ ]: a photo named IMG(1) or café must not stop training.
+    assert image_key("horse001") == "horse001" and image_key("a b-c.d_e") == "a b-c.d_e"
+    assert image_key("IMG(1)") == "IMG_1_" and image_key("café") == "caf_" and image_key("o'neil+x") == "o_neil_x"
+    assert image_key("dir/name") == "dir_name"   # no folders of keys from a path-like id

@@ -313,3 +313,27 @@ def test_compare_and_promote_through_a_real_tracking_server(mlflow_server, tmp_p
     assert str(champion.version) == "2" and champion.tags["segpipe.champion.verdict"] == "better"
     assert main([*promote, "first"]) == 1   # the old champion is not better than the new one: the alias stays
     assert str(client.get_model_version_by_alias("segmenter", "champion").version) == "2"
+
+
+class _Refusing:
+    """A registry client whose alias look-up fails as MLflow's does (an MlflowException carries an error_code)."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def get_model_version_by_alias(self, name, alias):
+        error = RuntimeError(f"{self.code} for {name}@{alias}")
+        error.error_code = self.code
+        raise error
+
+
+def test_only_a_missing_alias_counts_as_no_champion_any_other_failure_stops_promote():
+    from segpipe.tracking.champion import current_champion
+
+    assert current_champion(_Refusing("RESOURCE_DOES_NOT_EXIST"), "segmenter") is None
+    assert current_champion(_Refusing("INVALID_PARAMETER_VALUE"), "segmenter") is None
+    # A server that is down or a login refused must not look like "no champion yet" (which promotes without comparing).
+    for code in ("TEMPORARILY_UNAVAILABLE", "PERMISSION_DENIED", "UNAUTHENTICATED"):
+        with pytest.raises(SegpipeError, match="cannot read the 'champion' alias of registered model 'segmenter'.*nothing "
+                                               "was promoted"):
+            current_champion(_Refusing(code), "segmenter")

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from segpipe.atomic import atomic_dir, atomic_file
@@ -302,3 +306,19 @@ def test_ctrl_c_stops_a_stage_even_when_it_was_started_with_sigint_ignored(tmp_p
     finally:
         process.kill()
     assert process.returncode == 130 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model,fix", [
+    ({"name": "smp_unet", "encoder": "resnet35"}, "unknown encoder 'resnet35'; nearest: .*resnet34"),
+    ({"name": "smp_unet", "encoder": None}, "smp_unet needs an encoder"),
+    ({"name": "unet", "encoder": "resnet34"}, "model.encoder: 'resnet34' chooses the encoder of the smp_\\* models"),
+    ({"weights": "weights/missing.pth"}, "model.weights: weights/missing.pth not found"),
+])
+def test_the_validate_stage_refuses_a_model_section_train_would_refuse(tmp_path, raw_params, model, fix):
+    # validate runs before DVC removes train's outputs: what would stop train must stop it here.
+    raw_params["model"] |= model
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params, sort_keys=False))
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "stages/validate.py")], cwd=tmp_path, capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and re.search(fix, result.stderr), result.stderr
+    assert not (tmp_path / "data/params_checked.txt").exists()

@@ -48,7 +48,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, redact
 
 HOST = "127.0.0.1"
 ARTIFACTS_BUCKET = "segpipe-mlflow"
@@ -370,6 +370,12 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
         from mlflow.server.auth.client import AuthServiceClient
 
         admin = AuthServiceClient(self.login_uri(ADMIN))  # the login in the URL: no variable of this process changes
+        try:
+            self._grant(admin, MlflowException)
+        except MlflowException as exc:  # its message names the URL, and the URL holds the admin's password
+            raise SegpipeError(f"setting up the stack's logins failed: {redact(str(exc))}") from None
+
+    def _grant(self, admin, MlflowException) -> None:
         for user in (*self.users, *self.readers):
             try:
                 admin.get_user(user)

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, redact
 from segpipe.paths import BEST_MODEL
 from segpipe.tracking.leaderboard import DEFAULT_METRICS, DEFAULT_PARAMS
 
@@ -50,26 +50,27 @@ def compare_command(args) -> None:
     import pandas as pd
 
     from segpipe.tracking.leaderboard import against_baseline, leaderboard, search_runs, seed_summary, write_table
-    from segpipe.tracking.store import server_uri, tracking_uri
 
     experiment = args.experiment or _experiment_from_params()
-    # A login in the URI goes to MLflow apart from it, so no message names the password.
-    uri = server_uri(tracking_uri())
     if args.runs:
         if len(args.runs) != 2:
             raise SegpipeError(f"segpipe compare takes two runs to compare (A B), or none for the leaderboard; got "
                                f"{len(args.runs)}: {' '.join(args.runs)}")
         paired_command(experiment, *args.runs, args.seeds, args.samples)
         return
+    client = _client()
+    if client is None:
+        raise SegpipeError("no MLflow store here yet (mlflow.db): run the pipeline first (make run), or set "
+                           "MLFLOW_TRACKING_URI to the team's server")
     if args.group_seeds:
-        table = seed_summary(search_runs(experiment, uri), args.params, args.metrics, args.sort)
+        table = seed_summary(search_runs(client, experiment), args.params, args.metrics, args.sort)
         with pd.option_context("display.max_columns", None, "display.width", 200):
             print(table.to_string(index=False) if not table.empty else f"no evaluated runs in experiment {experiment!r}")
         if args.out:
             write_table(table, args.out)
             print(f"written: {args.out}")
         return
-    table = leaderboard(search_runs(experiment, uri), args.params, args.metrics, args.sort, args.ascending)
+    table = leaderboard(search_runs(client, experiment), args.params, args.metrics, args.sort, args.ascending)
     if args.baseline:
         table = against_baseline(table, args.baseline, args.params, args.metrics)
     if args.limit:
@@ -84,11 +85,14 @@ def compare_command(args) -> None:
 def _client():
     """An MlflowClient on the project's store, or None when its SQLite file does not exist (a git revision can still be
     compared; opening the client would create an empty store)."""
-    from segpipe.tracking.store import _quiet_mlflow, server_uri, tracking_uri
+    from segpipe.tracking.store import _quiet_mlflow, prepare_store, server_uri, tracking_uri
 
     uri = server_uri(tracking_uri())  # a login in the URI goes to MLflow apart from it
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
+    # A server must answer, with this login, before any call: MLflow would retry a dead one for minutes, and answer a
+    # refused login with a traceback.
+    prepare_store(uri)
     return _quiet_mlflow().MlflowClient(tracking_uri=uri)
 
 
@@ -216,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             return promote_command(args)
     except SegpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not type(exc).__module__.startswith("mlflow"):
+            raise
+        # MLflow's own errors (a registry call refused, a server gone): one sentence, no URL's password, no traceback.
+        print(f"error: MLflow: {redact(str(exc)).strip().splitlines()[0][:500]}", file=sys.stderr)
         return 2
     return 0
 

@@ -55,6 +55,13 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
+def check_sync_batchnorm(sync_batchnorm: bool, device_type: str) -> None:
+    """train.sync_batchnorm asks for SyncBatchNorm, which runs on CUDA only."""
+    if sync_batchnorm and device_type != "cuda":
+        raise SegpipeError("train.sync_batchnorm synchronises batch norm across GPUs (SyncBatchNorm runs on CUDA only); "
+                           "set it to false for CPU processes")
+
+
 def under_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 

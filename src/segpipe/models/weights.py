@@ -63,11 +63,23 @@ class Loaded:
         return {"weights": setting, **({"weights_sha256": self.sha256} if self.sha256 else {})}
 
 
+def is_file_setting(setting: str) -> bool:
+    """model.weights names a local file (rather than none or a named set of weights)."""
+    return setting != "none" and (setting.endswith((".pt", ".pth")) or "/" in setting or Path(setting).exists())
+
+
+def check_weights_setting(setting: str) -> None:
+    """What the validate stage can check before any output is removed: a weights file must be there."""
+    if is_file_setting(setting) and not Path(setting).is_file():
+        raise SegpipeError(f"{KEY}: {setting} not found; give a .pt/.pth state dict (keep it under DVC: dvc add), a "
+                           "named set of weights, or none")
+
+
 def apply_weights(model: SegmentationModel, setting: str) -> Loaded | None:
     """Load model.weights into a freshly built model; None for `none`."""
     if setting == "none":
         return None
-    if setting.endswith((".pt", ".pth")) or "/" in setting or Path(setting).exists():
+    if is_file_setting(setting):
         return _load_file(model, Path(setting))
     if isinstance(model, SmpModel):
         return _load_encoder_named(model, setting)

@@ -47,16 +47,22 @@ def run_version(client, name: str, run: RunSummary):
 
 
 def current_champion(client, name: str):
+    """The version the alias points at; None only when there is no such alias (or model) yet. Any other failure
+    (the server down, a login refused) is an error: taking it for "no champion" would promote without comparing."""
     try:
         return client.get_model_version_by_alias(name, ALIAS)
-    except Exception:  # MLflow raises RESOURCE_DOES_NOT_EXIST (or INVALID_PARAMETER_VALUE) for a missing alias
-        return None
+    except Exception as exc:
+        if getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise SegpipeError(f"cannot read the {ALIAS!r} alias of registered model {name!r}: {exc}; nothing was "
+                           "promoted") from None
 
 
 def comparison_tags(comparison: PairedComparison, champion: ComparedRun, previous_version: str) -> dict[str, str]:
     headline, data = comparison.headline, champion.test_data
     tags = {"previous_version": previous_version, "compared_with_run": champion.run.run_id if champion.run else "",
-            "verdict": headline.verdict, "miou_difference": f"{headline.difference:.6f}",
+            "verdict": headline.verdict,
+            "miou_difference": "n/a" if headline.difference is None else f"{headline.difference:.6f}",
             "test_images": str(comparison.images), "test_data_md5": data.processed_md5 or "unknown",
             "bootstrap_samples": str(comparison.samples)}
     if headline.interval is not None:
@@ -88,14 +94,18 @@ def promote(client, name: str, run: RunSummary, samples: int = 1000) -> Promotio
         return Promotion(False, version, holder_version, comparison,
                          f"not promoted: {run.name} ({name} version {version}) is not better than the champion "
                          f"(version {holder_version}, {holder.test_data.name}) in test mIoU: {headline.verdict}, "
-                         f"B − A {headline.difference:+.4f}, 95% CI {_interval(headline)}; the alias stays on version "
+                         f"B − A {_signed(headline.difference)}, 95% CI {_interval(headline)}; the alias stays on version "
                          f"{holder_version}")
     for key, value in comparison_tags(comparison, holder, holder_version).items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, ALIAS, version)
     return Promotion(True, version, holder_version, comparison,
                      f"promoted: models:/{name}@{ALIAS} is now version {version} ({run.name}), better than version "
-                     f"{holder_version} in test mIoU by {headline.difference:+.4f} (95% CI {_interval(headline)})")
+                     f"{holder_version} in test mIoU by {_signed(headline.difference)} (95% CI {_interval(headline)})")
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
 
 
 def _interval(difference) -> str:

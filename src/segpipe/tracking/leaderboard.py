@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segpipe.errors import SegpipeError
+from segpipe.errors import SegpipeError, redact
 
 RANKED_BY = "test_miou"
 DEFAULT_PARAMS = ["data.dataset", "model.name", "model.pooling", "loss.name", "train.epochs", "train.lr"]
@@ -121,14 +121,11 @@ def seed_summary(runs: list[RunSummary], params: list[str], metrics: list[str], 
     return table.sort_values("_sort", ascending=False, na_position="last").drop(columns="_sort")
 
 
-def search_runs(experiment: str, tracking_uri: str) -> list[RunSummary]:
-    """Every run of the experiment in the store at `tracking_uri`."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+def search_runs(client, experiment: str) -> list[RunSummary]:
+    """Every run of the experiment in the client's store."""
     if client.get_experiment_by_name(experiment) is None:
-        raise SegpipeError(f"no MLflow experiment named {experiment!r} at {tracking_uri}; run the pipeline first "
-                           "or pass --experiment")
+        raise SegpipeError(f"no MLflow experiment named {experiment!r} at {redact(client.tracking_uri)}; run the "
+                           "pipeline first or pass --experiment")
     return experiment_runs(client, experiment, max_runs=None)
 
 

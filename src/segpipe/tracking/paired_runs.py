@@ -69,12 +69,18 @@ def find_run(client, experiment: str, reference: str) -> RunSummary | None:
 def run_per_image(client, run: RunSummary) -> PerImageResults:
     """The per-image matrices evaluate logged into the run."""
     with tempfile.TemporaryDirectory() as folder:
+        listed = None
         try:
+            listed = {item.path for item in client.list_artifacts(run.run_id, str(Path(PER_IMAGE_ARTIFACT).parent))}
             path = client.download_artifacts(run.run_id, PER_IMAGE_ARTIFACT, folder)
-        except Exception:
-            raise SegpipeError(f"run {run.name} ({run.run_id}) has no {PER_IMAGE_ARTIFACT} artifact: it was evaluated "
-                               "before segpipe logged per-image results, or evaluate never ran for it; re-run its "
-                               "evaluate stage (dvc repro -f evaluate) to log them") from None
+        except Exception as exc:
+            if listed is not None and PER_IMAGE_ARTIFACT not in listed:
+                raise SegpipeError(f"run {run.name} ({run.run_id}) has no {PER_IMAGE_ARTIFACT} artifact: it was "
+                                   "evaluated before segpipe logged per-image results, or evaluate never ran for it; "
+                                   "re-run its evaluate stage (dvc repro -f evaluate) to log them") from None
+            # The store or its artifact storage failed (a server gone, a login refused): say that, not "re-run".
+            raise SegpipeError(f"cannot read {PER_IMAGE_ARTIFACT} of run {run.name} ({run.run_id}): "
+                               f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}") from None
         return PerImageResults.load(path)
 
 

@@ -6,6 +6,8 @@ side), a few forward passes and kilobytes per epoch."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from segpipe.models.forward import predict_masks
@@ -21,10 +23,16 @@ def _host(array) -> np.ndarray:
     return array.cpu().numpy() if hasattr(array, "cpu") else np.asarray(array)
 
 
+def image_key(sample_id: str) -> str:
+    """An MLflow image key for a sample id: MLflow takes letters, digits and `_ - . /` and spaces only, and a
+    photo's stem may be `IMG(1)` or `café`; the row's id stays readable, the rest becomes `_`."""
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", sample_id)
+
+
 def epoch_strips(model, split, mean, std, runtime, count: int = EPOCH_IMAGES) -> dict[str, np.ndarray]:
-    """{validation image id: image | true mask | predicted mask} for the split's first `count` images."""
+    """{image key of a validation image: image | true mask | predicted mask} for the split's first `count` images."""
     rows = range(min(count, len(split)))
     images = [_host(split.image(i)) for i in rows]
     masks = predict_masks(model, images, mean, std, runtime)
-    return {split.ids[i]: side_by_side(image, _host(split.mask(i)), mask, min_height=STRIP_HEIGHT)
+    return {image_key(split.ids[i]): side_by_side(image, _host(split.mask(i)), mask, min_height=STRIP_HEIGHT)
             for i, image, mask in zip(rows, images, masks)}

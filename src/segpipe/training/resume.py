@@ -84,7 +84,8 @@ class Resume:
     def or_start(cls, params: Params, parts, generator: torch.Generator, path: Path, processed_dir: Path,
                  project_root: Path, run_name: str, is_main: bool) -> "Resume":
         """Resume from `path` when it holds this same training (every process restores it), else start."""
-        fingerprint = training_fingerprint(params, processed_dir, train_code(project_root))
+        weights = parts.weights.sha256 if parts.weights is not None else None
+        fingerprint = training_fingerprint(params, processed_dir, train_code(project_root), weights)
         state, why_not = previous_training(path, fingerprint)
         if why_not and is_main:
             warn(why_not)
@@ -136,9 +137,11 @@ def train_code(project_root: Path) -> list[Path]:
     return sorted(files)
 
 
-def training_fingerprint(params: Params, processed_dir: Path, code: list[Path]) -> str:
-    """Of everything that decides a training's result: params, data and code."""
+def training_fingerprint(params: Params, processed_dir: Path, code: list[Path], weights_sha256: str | None = None) -> str:
+    """Of everything that decides a training's result: params, data, code, and the bytes of the pretrained
+    weights it starts from (a DVC-tracked weights file can change under the same model.weights)."""
     digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"weights:{weights_sha256}".encode())
     dumped = params.model_dump()
     digest.update(json.dumps({name: dumped[name] for name in TRAINING_SECTIONS}, sort_keys=True).encode())
     data = sorted(p for p in processed_dir.rglob("*") if p.is_file())

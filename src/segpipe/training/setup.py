@@ -13,8 +13,8 @@ from segpipe.config import Params
 from segpipe.data.batches import Batches
 from segpipe.data.processed import DatasetInfo, ProcessedSplit, read_summary
 from segpipe.device import Runtime
-from segpipe.distributed import Distributed
-from segpipe.errors import SegpipeError, warn
+from segpipe.distributed import Distributed, check_sync_batchnorm
+from segpipe.errors import warn
 from segpipe.models import Loaded, ModelSpec, SegmentationModel, apply_weights, create_model, spec_for
 from segpipe.training.losses import create_loss, resolve_class_weights
 from segpipe.training.optim import build_optimizer, build_scheduler
@@ -104,9 +104,7 @@ def prepare_for_steps(model: torch.nn.Module, params, runtime: Runtime, group: D
     stepping = model
     if group.active:
         if params.sync_batchnorm:
-            if runtime.device.type != "cuda":
-                raise SegpipeError("train.sync_batchnorm synchronises batch norm across GPUs (SyncBatchNorm runs on CUDA "
-                                   "only); set it to false for CPU processes")
+            check_sync_batchnorm(params.sync_batchnorm, runtime.device.type)
             stepping = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         stepping = torch.nn.parallel.DistributedDataParallel(stepping, device_ids=device_ids)
