@@ -208,7 +208,9 @@ def test_an_unknown_model_stops_train_before_any_work(baseline, tmp_path):
     result = run([sys.executable, str(baseline / "stages/train.py")], tmp_path, check=False)
     assert result.returncode == 2, result.stderr
     assert ("error: model.name: unknown model 'resnet'; valid choices: cnn, deeplabv3_mobilenet_v3_large, "
-            "deeplabv3_resnet50, fcn, fcn_resnet50, lraspp_mobilenet_v3_large, unet") in result.stderr
+            "deeplabv3_resnet50, fcn, fcn_resnet50, lraspp_mobilenet_v3_large, smp_deeplabv3, smp_deeplabv3plus, smp_dpt, "
+            "smp_fpn, smp_linknet, smp_manet, smp_pan, smp_pspnet, smp_segformer, smp_unet, smp_unetplusplus, "
+            "smp_upernet, unet\n") in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "models").exists()
 
 
