@@ -34,6 +34,10 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     int32 is ample for the index: labels are uint8, so indices stay below 65,536."""
     bins = num_classes * num_classes + 2  # ignored, the pairs, out of range
     index = torch.where(target == ignore_index, 0, target.to(torch.int32) * num_classes + pred.to(torch.int32) + 1)
+    if index.device.type == "cpu" and not COUNT_AS_ON_A_GPU:
+        counts = torch.stack([_host_counts(row, bins) for row in index.reshape(index.shape[0] if per_sample else 1, -1)])
+        counts = counts[:, 1:]
+        return counts if per_sample else counts[0]
     index = index.clamp_(max=bins - 1).reshape(index.shape[0] if per_sample else 1, -1).long()
     if per_sample:  # sample k counts into bins k * bins ... (k + 1) * bins - 1
         index += torch.arange(index.shape[0], device=index.device).unsqueeze(1) * bins
@@ -41,6 +45,20 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     counts = torch.zeros(index.shape[0] * bins, dtype=torch.int64, device=index.device).index_add_(0, index.reshape(-1), ones)
     counts = counts.reshape(-1, bins)[:, 1:]
     return counts if per_sample else counts[0]
+
+
+# On a CPU there is no device to wait for, and bincount on the int32 index is the faster count (index_add_ takes an
+# int64 copy of the index and a pass to clamp it). tests/test_host_syncs.py sets this to record, on the CPU, the ops
+# a GPU pass issues.
+COUNT_AS_ON_A_GPU = False
+
+
+def _host_counts(row: torch.Tensor, bins: int) -> torch.Tensor:
+    """bincount of one row of the index, labels out of range folded into the last bin."""
+    counts = torch.bincount(row, minlength=bins)
+    if counts.numel() > bins:
+        counts = torch.cat([counts[: bins - 1], counts[bins - 1 :].sum(dim=0, keepdim=True)])
+    return counts
 
 
 def _refuse_out_of_range(outside: torch.Tensor, num_classes: int, ignore_index: int) -> None:

@@ -59,8 +59,11 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     for images, masks, index in batches.iterate():
         logits = predict_logits(model, images, runtime)
         working.update(logits.argmax(dim=1), masks)
-        # Images of one original size are upsampled and counted together, one row of counts each.
-        for positions, truths in _native_truths(split, index, runtime.device):
+        # On a GPU, images of one original size are upsampled and counted together, one row of counts each (fewer
+        # launches); on a CPU one at a time, whose upsampled logits stay in cache (a batch of them made the metrics
+        # 27% of the prediction instead of 1%: benchmarks/RESULTS.md).
+        together = runtime.device.type != "cpu"
+        for positions, truths in _native_truths(split, index, runtime.device, together):
             upsampled = logits if len(positions) == len(index) else logits[torch.as_tensor(positions, device=logits.device)]
             if truths.shape[-2:] != upsampled.shape[-2:]:
                 upsampled = F.interpolate(upsampled, size=truths.shape[-2:], mode="bilinear", align_corners=False)
@@ -72,15 +75,16 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     return TestScores(native, working, per_image.cpu().numpy())
 
 
-def _native_truths(split, index: np.ndarray, device: torch.device):
+def _native_truths(split, index: np.ndarray, device: torch.device, together: bool = True):
     """(positions in the batch, their original masks stacked on the device) for each original
     size among the batch's rows: from the memory map in one copy, or already there when the
     split is held on the GPU (tensors, which numpy cannot take from a GPU)."""
     if split.native_shapes is None:
         split.native_mask(int(index[0]))  # raises the error that says how to make them
     shapes = split.native_shapes[index]
-    for shape in sorted({tuple(s) for s in shapes.tolist()}):
-        positions = np.flatnonzero((shapes == shape).all(axis=1))
+    groups = ([np.flatnonzero((shapes == shape).all(axis=1)) for shape in sorted({tuple(s) for s in shapes.tolist()})]
+              if together else [np.array([k]) for k in range(len(index))])
+    for positions in groups:
         masks = [split.native_mask(int(row)) for row in index[positions]]
         if isinstance(masks[0], torch.Tensor):
             yield positions, torch.stack(masks).to(device)
