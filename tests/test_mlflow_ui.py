@@ -6,18 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from mlflow.tracking import MlflowClient
 
 from segpipe.tracking.store import Tracking
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    return tmp_path
+from tests.test_tracking import in_tmp  # noqa: F401  (the fixture: a temporary project folder, no tracking URI set)
 
 
 def test_segpipe_experiments_open_on_their_training_runs_new_or_existing(in_tmp, capsys):

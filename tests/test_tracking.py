@@ -41,20 +41,24 @@ def mlflow_server(tmp_path):
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("mlflow server did not start")
-            time.sleep(0.5)
+    url = wait_for_server(process, f"http://127.0.0.1:{port}", 90, "mlflow server")
     yield url
     process.terminate()
     process.wait(timeout=30)
+
+
+def wait_for_server(process: subprocess.Popen, url: str, seconds: float, what: str) -> str:
+    """`url` once the server started as `process` answers its health check; the test fails if it never does."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"{what} did not start")
+            time.sleep(0.5)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -19,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from segpipe.errors import SegpipeError, redact
 from segpipe.tracking.runs import ResultsRun, TrainingRun
 from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params
-from tests.test_tracking import free_port, save_model
+from tests.test_tracking import free_port, save_model, wait_for_server
 from tools.team_stack import WRITER_GRANTS
 
 # A password that needs percent-encoding in a URL (@, :, /, %), so the URI form is really parsed.
@@ -65,17 +64,7 @@ def auth_server(tmp_path_factory):
          "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'runs.db'}",
          "--artifacts-destination", str(folder / "artifacts")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("mlflow server --app-name basic-auth did not start")
-            time.sleep(0.5)
+    url = wait_for_server(process, f"http://127.0.0.1:{port}", 120, "mlflow server --app-name basic-auth")
     from mlflow.server.auth.client import AuthServiceClient
 
     server = AuthServer(url)
