@@ -85,15 +85,14 @@ def compare_command(args) -> None:
 def _client():
     """An MlflowClient on the project's store, or None when its SQLite file does not exist (a git revision can still be
     compared; opening the client would create an empty store)."""
-    from segpipe.tracking.store import _quiet_mlflow, prepare_store, server_uri, tracking_uri
+    from segpipe.tracking.store import _quiet_mlflow, prepare_store, tracking_uri
 
-    uri = server_uri(tracking_uri())  # a login in the URI goes to MLflow apart from it
+    uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
     # A server must answer, with this login, before any call: MLflow would retry a dead one for minutes, and answer a
-    # refused login with a traceback.
-    prepare_store(uri)
-    return _quiet_mlflow().MlflowClient(tracking_uri=uri)
+    # refused login with a traceback. prepare_store gives back the URI without the login, which MLflow gets apart.
+    return _quiet_mlflow().MlflowClient(tracking_uri=prepare_store(uri))
 
 
 def print_table(header, rows) -> None:

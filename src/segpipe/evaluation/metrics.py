@@ -34,17 +34,23 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     int32 is ample for the index: labels are uint8, so indices stay below 65,536."""
     bins = num_classes * num_classes + 2  # ignored, the pairs, out of range
     index = torch.where(target == ignore_index, 0, target.to(torch.int32) * num_classes + pred.to(torch.int32) + 1)
-    if index.device.type == "cpu" and not COUNT_AS_ON_A_GPU:
-        counts = torch.stack([_host_counts(row, bins) for row in index.reshape(index.shape[0] if per_sample else 1, -1)])
-        counts = counts[:, 1:]
-        return counts if per_sample else counts[0]
-    index = index.clamp_(max=bins - 1).reshape(index.shape[0] if per_sample else 1, -1).long()
-    if per_sample:  # sample k counts into bins k * bins ... (k + 1) * bins - 1
-        index += torch.arange(index.shape[0], device=index.device).unsqueeze(1) * bins
+    rows = index.reshape(index.shape[0] if per_sample else 1, -1)
+    if rows.device.type == "cpu" and not COUNT_AS_ON_A_GPU:
+        counts = torch.stack([_host_counts(row, bins) for row in rows])
+    else:
+        counts = _device_counts(rows, bins)
+    counts = counts[:, 1:]
+    return counts if per_sample else counts[0]
+
+
+def _device_counts(rows: torch.Tensor, bins: int) -> torch.Tensor:
+    """(len(rows), bins) counts of each row, without reading the device back: index_add_ into a fixed-size vector,
+    row k counting into bins k * bins ... (k + 1) * bins - 1, labels out of range clamped into the last bin."""
+    index = rows.long().clamp_(max=bins - 1)
+    index += torch.arange(rows.shape[0], device=rows.device).unsqueeze(1) * bins
     ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.numel())
     counts = torch.zeros(index.shape[0] * bins, dtype=torch.int64, device=index.device).index_add_(0, index.reshape(-1), ones)
-    counts = counts.reshape(-1, bins)[:, 1:]
-    return counts if per_sample else counts[0]
+    return counts.reshape(-1, bins)
 
 
 # On a CPU there is no device to wait for, and bincount on the int32 index is the faster count (index_add_ takes an

@@ -56,13 +56,13 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     working = ConfusionMatrix(num_classes, ignore_index, runtime.device)
     # On the device until the end: one copy to the host, not one synchronisation per image.
     per_image = torch.zeros((len(split), num_classes, num_classes), dtype=torch.int64, device=runtime.device)
+    # On a GPU, images of one original size are upsampled and counted together, one row of counts each (fewer
+    # launches); on a CPU one at a time, whose upsampled logits stay in cache (a batch of them made the metrics
+    # 27% of the prediction instead of 1%: benchmarks/RESULTS.md).
+    together = runtime.device.type != "cpu"
     for images, masks, index in batches.iterate():
         logits = predict_logits(model, images, runtime)
         working.update(logits.argmax(dim=1), masks)
-        # On a GPU, images of one original size are upsampled and counted together, one row of counts each (fewer
-        # launches); on a CPU one at a time, whose upsampled logits stay in cache (a batch of them made the metrics
-        # 27% of the prediction instead of 1%: benchmarks/RESULTS.md).
-        together = runtime.device.type != "cpu"
         for positions, truths in _native_truths(split, index, runtime.device, together):
             upsampled = logits if len(positions) == len(index) else logits[torch.as_tensor(positions, device=logits.device)]
             if truths.shape[-2:] != upsampled.shape[-2:]:
@@ -75,9 +75,9 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     return TestScores(native, working, per_image.cpu().numpy())
 
 
-def _native_truths(split, index: np.ndarray, device: torch.device, together: bool = True):
+def _native_truths(split, index: np.ndarray, device: torch.device, together: bool):
     """(positions in the batch, their original masks stacked on the device) for each original
-    size among the batch's rows: from the memory map in one copy, or already there when the
+    size among the batch's rows (`together`), else for each row: from the memory map in one copy, or already there when the
     split is held on the GPU (tensors, which numpy cannot take from a GPU)."""
     if split.native_shapes is None:
         split.native_mask(int(index[0]))  # raises the error that says how to make them
