@@ -358,7 +358,8 @@ def test_a_server_that_goes_away_mid_training_stops_or_spares_the_run_as_mlflow_
     code, out, err, _ = results[True]
     required = projects[True]
     assert code == 2, err
-    assert f"error: MLflow: logging metrics failed at {stack.tracking_uri}" in err
+    # The first per-epoch call to meet the dead server names itself: the metrics, or the images logged after them.
+    assert re.search(rf"error: MLflow: logging (metrics|images) failed at {re.escape(stack.tracking_uri)}", err), err
     assert "set mlflow.required: false" in err and "Traceback" not in err
     # The resume checkpoint: the epochs done, and the run the next `dvc repro` goes on recording into.
     state = ResumeState.load(required / "models/resume/state.pt")
@@ -373,7 +374,7 @@ def test_a_server_that_goes_away_mid_training_stops_or_spares_the_run_as_mlflow_
     spared = projects[False]
     assert code == 0, err
     assert err.count("going on without tracking (mlflow.required is false), results stay in metrics/") == 1
-    assert f"warning: MLflow: logging metrics failed at {stack.tracking_uri}" in err
+    assert re.search(rf"warning: MLflow: logging (metrics|images) failed at {re.escape(stack.tracking_uri)}", err), err
     assert [int(e) for e in re.findall(rf"^epoch (\d+)/{EPOCHS} ", out, re.MULTILINE)] == list(range(1, EPOCHS + 1))
     assert json.loads((spared / "metrics/train.json").read_text())["epochs"] == EPOCHS
     assert len((spared / "metrics/train_history.csv").read_text().splitlines()) == EPOCHS + 1
