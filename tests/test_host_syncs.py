@@ -164,6 +164,22 @@ def test_scoring_issues_the_same_syncs_for_4_images_as_for_64_and_counts_exactly
     assert np.array_equal(result["test"].native.numpy(), expected.sum(axis=0))
 
 
+def test_scoring_one_image_at_a_time_as_on_a_cpu_counts_what_the_gpu_way_counts(monkeypatch):
+    """The CPU's way (one image at a time, bincount) and the GPU's (images of one size together, fixed-size counts)
+    give the same per-image matrices, on images of several original sizes."""
+    model, split = small_model(), test_split(12)
+    batches = Batches(split, 8, CPU, [0.5] * 3, [0.25] * 3)
+    as_on_a_gpu = score_test(model, batches, CLASSES, IGNORE, CPU)
+    monkeypatch.setattr("segpipe.evaluation.metrics.COUNT_AS_ON_A_GPU", False)
+    one_at_a_time = score_test(model, batches, CLASSES, IGNORE, CPU)
+    expected = per_image_reference(model, split)
+    assert len({tuple(s) for s in split.native_shapes.tolist()}) > 1  # the grouping has groups to make
+    for result in (as_on_a_gpu, one_at_a_time):
+        assert np.array_equal(result.per_image, expected)
+        assert np.array_equal(result.native.numpy(), expected.sum(axis=0))
+    assert np.array_equal(as_on_a_gpu.working.numpy(), one_at_a_time.working.numpy())
+
+
 def training_run(steps: int, optimizer_class, resident: bool, **optimizer_args):
     """`steps` steps of train_one_epoch on random crops of images of several shapes, with the
     fused optimizer a GPU gets (PyTorch's CPU has the same fused kernels)."""

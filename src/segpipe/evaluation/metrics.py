@@ -55,7 +55,7 @@ def _device_counts(rows: torch.Tensor, bins: int) -> torch.Tensor:
 
 # On a CPU there is no device to wait for, and bincount on the int32 index is the faster count (index_add_ takes an
 # int64 copy of the index and a pass to clamp it). tests/test_host_syncs.py sets this to record, on the CPU, the ops
-# a GPU pass issues.
+# a GPU pass issues (here, and in scoring.score_test, which then groups images as on a GPU).
 COUNT_AS_ON_A_GPU = False
 
 

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from segpipe.data.batches import Batches
 from segpipe.device import Runtime
 from segpipe.distributed import all_reduce
+from segpipe.evaluation import metrics
 from segpipe.evaluation.metrics import ConfusionMatrix, confusion_counts
 from segpipe.models.forward import predict_logits
 
@@ -52,41 +53,49 @@ def score_test(model: nn.Module, batches: Batches, num_classes: int, ignore_inde
     the image's original size, and score against the original mask."""
     model.eval()
     split = batches.split
-    native = ConfusionMatrix(num_classes, ignore_index, runtime.device)
     working = ConfusionMatrix(num_classes, ignore_index, runtime.device)
-    # On the device until the end: one copy to the host, not one synchronisation per image.
-    per_image = torch.zeros((len(split), num_classes, num_classes), dtype=torch.int64, device=runtime.device)
+    # Every image's counts (confusion_counts' rows), on the device until the end: one copy to the host, not one
+    # synchronisation per image; the native matrix is their sum, taken once.
+    per_image = torch.zeros((len(split), num_classes * num_classes + 1), dtype=torch.int64, device=runtime.device)
     # On a GPU, images of one original size are upsampled and counted together, one row of counts each (fewer
     # launches); on a CPU one at a time, whose upsampled logits stay in cache (a batch of them made the metrics
-    # 27% of the prediction instead of 1%: benchmarks/RESULTS.md).
-    together = runtime.device.type != "cpu"
+    # 27% of the prediction instead of 1%: benchmarks/RESULTS.md). tests/test_host_syncs.py takes the GPU's way on a CPU.
+    together = runtime.device.type != "cpu" or metrics.COUNT_AS_ON_A_GPU
     for images, masks, index in batches.iterate():
         logits = predict_logits(model, images, runtime)
         working.update(logits.argmax(dim=1), masks)
-        for positions, truths in _native_truths(split, index, runtime.device, together):
-            upsampled = logits if len(positions) == len(index) else logits[torch.as_tensor(positions, device=logits.device)]
+        for take, rows, truths in _native_truths(split, index, runtime.device, together):
+            upsampled = logits[take]
             if truths.shape[-2:] != upsampled.shape[-2:]:
                 upsampled = F.interpolate(upsampled, size=truths.shape[-2:], mode="bilinear", align_corners=False)
             counts = confusion_counts(upsampled.argmax(dim=1), truths, num_classes, ignore_index, per_sample=True)
-            native.add(counts.sum(dim=0))
-            per_image[torch.as_tensor(index[positions], device=per_image.device)] = counts[:, :-1].reshape(-1, num_classes, num_classes)
+            per_image[torch.as_tensor(rows, device=per_image.device)] = counts
+    native = ConfusionMatrix(num_classes, ignore_index, runtime.device)
+    native.add(per_image.sum(dim=0))
     native.all_reduce()
     working.all_reduce()
-    return TestScores(native, working, per_image.cpu().numpy())
+    return TestScores(native, working, per_image[:, :-1].reshape(-1, num_classes, num_classes).cpu().numpy())
 
 
 def _native_truths(split, index: np.ndarray, device: torch.device, together: bool):
-    """(positions in the batch, their original masks stacked on the device) for each original
-    size among the batch's rows (`together`), else for each row: from the memory map in one copy, or already there when the
-    split is held on the GPU (tensors, which numpy cannot take from a GPU)."""
+    """(which of the batch's logits, their rows in the split, their original masks stacked on the device) for each
+    original size among the batch's rows (`together`: an index on the device, whose logits are gathered unless it
+    is the whole batch), else for each row (a slice: its logits are a view). From the memory map in one copy, or
+    already there when the split is held on the GPU (tensors, which numpy cannot take from a GPU)."""
     if split.native_shapes is None:
         split.native_mask(int(index[0]))  # raises the error that says how to make them
+    if not together:
+        for k, row in enumerate(index.tolist()):
+            yield slice(k, k + 1), index[k : k + 1], _on(split.native_mask(row), device)[None]
+        return
     shapes = split.native_shapes[index]
-    groups = ([np.flatnonzero((shapes == shape).all(axis=1)) for shape in sorted({tuple(s) for s in shapes.tolist()})]
-              if together else [np.array([k]) for k in range(len(index))])
-    for positions in groups:
-        masks = [split.native_mask(int(row)) for row in index[positions]]
-        if isinstance(masks[0], torch.Tensor):
-            yield positions, torch.stack(masks).to(device)
-        else:
-            yield positions, torch.from_numpy(np.stack(masks)).to(device)
+    for shape in sorted({tuple(s) for s in shapes.tolist()}):
+        positions = np.flatnonzero((shapes == shape).all(axis=1))
+        masks = torch.stack([_on(split.native_mask(int(row)), device) for row in index[positions]])
+        take = slice(None) if len(positions) == len(index) else torch.as_tensor(positions, device=device)
+        yield take, index[positions], masks
+
+
+def _on(mask, device: torch.device) -> torch.Tensor:
+    # torch.tensor copies the read-only memory map (from_numpy would warn that it cannot write to it).
+    return mask.to(device) if isinstance(mask, torch.Tensor) else torch.tensor(mask, device=device)
