@@ -14,18 +14,21 @@ that appear in more than one split.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
 import shutil
+import sys
+import types
 from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from segpipe.config import PreprocessParams, SplitParams
 from segpipe.data.images import (
     BadImageFile,
     image_size,
@@ -40,6 +43,9 @@ from segpipe.data.processed import SPLITS, Slot, SplitFiles, write_summary
 from segpipe.data.raw import Pair, Problem, RawDataset
 from segpipe.data.resolution import Resize
 from segpipe.errors import SegpipeError, shortlist
+
+if TYPE_CHECKING:  # not at run time: the pool's processes import this module, and pydantic would double their start-up
+    from segpipe.config import PreprocessParams, SplitParams
 
 # How many bad files an error message lists before it says "and N more".
 _SHOWN_PROBLEMS = 20
@@ -160,8 +166,8 @@ def _start_worker(writer: PairWriter) -> None:
     _PAIR_WRITER.append(writer)
 
 
-def _write_in_worker(task: Task) -> Outcome:
-    return _PAIR_WRITER[0](task)
+def _write_in_worker(tasks: list[Task]) -> list[Outcome]:
+    return [_PAIR_WRITER[0](task) for task in tasks]
 
 
 def _started() -> None:
@@ -173,6 +179,20 @@ def worker_count(setting: int) -> int:
     if setting:
         return setting
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def _main_left_out() -> Iterator[None]:
+    """While processes are spawned: a spawned process first runs the parent's main script or module again, so
+    that what is defined there can be unpickled. The pool sends nothing from it, and a main that imports torch
+    (the benchmark harness's does; a user's script may) costs each process seconds: with __main__ a bare module
+    meanwhile, they skip it."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class PairWriters:
@@ -187,15 +207,20 @@ class PairWriters:
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_start_worker, initargs=(writer,))
             # The pool starts a process for each task submitted while none is idle, up to `workers`: this starts
-            # them all now, so that their start-up (a fresh interpreter importing numpy and PIL) overlaps the
-            # planning that follows in this process.
-            for _ in range(workers):
-                self.pool.submit(_started)
+            # them all now, so that their start-up (a fresh interpreter importing numpy and PIL, about 0.15 s)
+            # overlaps the planning that follows in this process.
+            with _main_left_out():
+                for _ in range(workers):
+                    self.pool.submit(_started)
 
-    def map(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
+    def map(self, tasks: list[Task]) -> Iterator[Outcome]:
         if self.pool is None:
             return map(self.writer, tasks)
-        return bounded_map(_write_in_worker, tasks, self.workers, self.pool)
+        # A few pairs to a message, which costs this process less than one each; few enough that the processes
+        # finish together (a chunk is about 8 x 4 ms of work at 480x360).
+        size = max(1, min(8, len(tasks) // (16 * self.workers)))
+        chunks = (tasks[start : start + size] for start in range(0, len(tasks), size))
+        return itertools.chain.from_iterable(bounded_map(_write_in_worker, chunks, self.workers, self.pool))
 
     def __enter__(self) -> "PairWriters":
         return self
@@ -366,15 +391,17 @@ def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path) -> dict
         natives = {name: sizes[name] if name == "test" else None for name in SPLITS}  # test masks at their own size
         check_space(out_dir, sum(bytes_to_write(shapes[name], natives[name] or []) for name in SPLITS))
         files = {name: SplitFiles(out_dir, name, shapes[name], natives[name]) for name in SPLITS}
-        tasks = [(Task(pair, name, files[name].slots[i]), i) for name in SPLITS for i, pair in enumerate(splits[name])]
+        places = [(name, index) for name in SPLITS for index in range(len(splits[name]))]
+        tasks = [Task(splits[name][index], name, files[name].slots[index]) for name, index in places]
         # Outcomes come in the pairs' order, so the statistics add up the same whatever the number of processes.
-        for (task, index), outcome in zip(tasks, writers.map(task for task, _ in tasks)):
+        for (name, index), outcome in zip(places, writers.map(tasks)):
+            pair = splits[name][index]
             if outcome.problem:
                 problems.append(outcome.problem)
                 continue
-            stats.add(task.split, outcome)
-            digests.setdefault(outcome.digest, []).append((task.pair.id, task.split))
-            kept[task.split].append((index, task.pair.id, outcome.placed))
+            stats.add(name, outcome)
+            digests.setdefault(outcome.digest, []).append((pair.id, name))
+            kept[name].append((index, pair.id, outcome.placed))
     counts = {name: len(kept[name]) for name in SPLITS}
 
     total = len(raw.pairs) + len(raw.problems)
