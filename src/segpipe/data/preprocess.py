@@ -94,9 +94,10 @@ def load_sample(raw: RawDataset, pair: Pair, resize: Resize, min_side: int, keep
                                f"0..{len(raw.classes) - 1} and {raw.ignore_index} (ignore)", bad.tolist()[:10])
     labels = labels.astype(np.uint8)
     work_h, work_w = resize.shape_for(height, width)
-    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes() + repr(image.shape).encode()).hexdigest()
+    digest = hashlib.sha1(np.ascontiguousarray(image))  # the pixels, then the shape, with no copy of the pixels
+    digest.update(repr(image.shape).encode())
     return Sample(pair, resize_rgb(image, work_h, work_w), resize_labels(labels, work_h, work_w),
-                  labels if keep_native else None, digest)
+                  labels if keep_native else None, digest.hexdigest())
 
 
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, pool: Executor) -> Iterator[R]:
@@ -216,11 +217,16 @@ class PairWriters:
     def map(self, tasks: list[Task]) -> Iterator[Outcome]:
         if self.pool is None:
             return map(self.writer, tasks)
-        # A few pairs to a message, which costs this process less than one each; few enough that the processes
-        # finish together (a chunk is about 8 x 4 ms of work at 480x360).
-        size = max(1, min(8, len(tasks) // (16 * self.workers)))
-        chunks = (tasks[start : start + size] for start in range(0, len(tasks), size))
-        return itertools.chain.from_iterable(bounded_map(_write_in_worker, chunks, self.workers, self.pool))
+        return itertools.chain.from_iterable(bounded_map(_write_in_worker, self._chunks(tasks), self.workers, self.pool))
+
+    def _chunks(self, tasks: list[Task]) -> Iterator[list[Task]]:
+        """A few pairs to a message (up to 8, about 30 ms of work at 480x360), which costs this process less than
+        one each; fewer as the end nears, so that the processes finish together."""
+        start = 0
+        while start < len(tasks):
+            size = max(1, min(8, (len(tasks) - start) // (8 * self.workers)))
+            yield tasks[start : start + size]
+            start += size
 
     def __enter__(self) -> "PairWriters":
         return self
