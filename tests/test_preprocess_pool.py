@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -152,3 +153,14 @@ if __name__ == "__main__":
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, check=True)
     assert json.loads(run.stdout) == [[], [], [], []]
     assert len((tmp_path / "runs.txt").read_text().split()) == 1  # the parent alone ran main.py
+
+
+def test_one_worker_is_one_core_this_thread_taking_one_pair_after_another(tmp_path, monkeypatch):
+    """preprocess.workers: 1, the benchmark's one-process baseline: no pool and no threads."""
+    raw = write_photos(tmp_path / "raw", {None: 5})
+    callers = []
+    write = preprocess_module.PairWriter.__call__
+    monkeypatch.setattr(preprocess_module.PairWriter, "__call__",
+                        lambda self, task: callers.append((os.getpid(), threading.get_ident())) or write(self, task))
+    preprocess(raw, prep(1), tmp_path / "out")
+    assert callers == [(os.getpid(), threading.get_ident())] * 5
