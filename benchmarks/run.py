@@ -55,13 +55,15 @@ class Sizes:
     test_images: int = 64
     workers: tuple[int, ...] = (0, 2)
     preprocess_images: int = 100  # and ten times as many
+    preprocess_rounds: int = 3    # of every core and of one process, on the larger set (seconds each)
     dvc_rounds: int = 3
     dvc_images: int | None = None  # None: the project's own data.shapes.num_images
     realistic_steps: int = 1       # steps per timed epoch of the realistic workload: tens of seconds each on 2 CPU cores
     realistic_rounds: int = 1      # (a CUDA machine: raise them with --realistic-steps/--realistic-rounds)
 
 
-QUICK = Sizes(rounds=2, max_rounds=4, train_images=32, test_images=16, preprocess_images=20, dvc_rounds=2)
+QUICK = Sizes(rounds=2, max_rounds=4, train_images=32, test_images=16, preprocess_images=20, preprocess_rounds=1,
+              dvc_rounds=2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += measure_realistic(params, sizes, devices_from(args), Path(tmp), measurements)
         if "preprocess" in chosen:
             print("comparison 3: preprocess ...", flush=True)
-            result = measure_preprocess(sizes.preprocess_images, sizes.side, workdir=Path(tmp))
+            result = measure_preprocess(sizes.preprocess_images, sizes.side, workdir=Path(tmp),
+                                        rounds=sizes.preprocess_rounds)
             rows += table.preprocess_rows(result)
             measurements["preprocess"] = asdict(result)
         if "dvc" in chosen:

@@ -76,6 +76,9 @@ def test_preprocess_comparison_reports_rates_and_peaks_of_a_child_process(tmp_pa
         assert run.growth_mb is None or run.growth_mb >= 0
     assert result.memory_ratio == pytest.approx(result.large.process_peak_mb / result.small.process_peak_mb)
     assert result.one_process.images == 8 and result.cores >= 1
+    assert result.one_process.worker_peak_mb is None  # one process: no pool
+    if result.cores >= 2:  # the pool's workers, read from their own /proc
+        assert result.large.worker_peak_mb > 10  # an interpreter with numpy and PIL loaded
     assert result.speedup == pytest.approx(result.large.images_per_second / result.one_process.images_per_second)
     speed_row = table.preprocess_rows(result)[1]
     assert speed_row.comparison == f"preprocess, every core ({result.cores}) / 1 process"

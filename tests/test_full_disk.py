@@ -7,6 +7,7 @@ its artifacts beside it. (docs/RELIABILITY.md lists them.)"""
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 from collections import namedtuple
 
@@ -18,7 +19,6 @@ from segpipe.atomic import atomic_dir, atomic_file
 from segpipe.config import PreprocessParams, ResizeParams, SplitParams, parse_params
 from segpipe.data import preprocess as preprocess_module
 from segpipe.data.preprocess import preprocess
-from segpipe.data.processed import SplitWriter
 from segpipe.data.sources import import_dataset
 from segpipe.errors import SegpipeError
 from segpipe.runner import run_stage
@@ -68,10 +68,10 @@ def test_a_full_disk_during_preprocess_is_one_sentence_and_publishes_nothing(raw
     with atomic_dir(tmp_path / "processed") as staging:
         (staging / "kept.txt").write_text("the earlier output")
 
-    def full(self, *args):
-        raise OSError(errno.ENOSPC, NO_SPACE, str(self.folder / "images.npy"))
+    def full(handle, data, position):  # what writing a sample's pixels into its split's files meets
+        raise OSError(errno.ENOSPC, NO_SPACE)
 
-    monkeypatch.setattr(SplitWriter, "append", full)
+    monkeypatch.setattr(os, "pwrite", full)
     with pytest.raises(SegpipeError) as error, atomic_dir(tmp_path / "processed") as staging:
         preprocess(raw, prep(), staging)
     message = str(error.value)

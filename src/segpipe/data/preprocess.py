@@ -1,29 +1,34 @@
 """Validate every raw pair, bring it to the working resolution once, split
-deterministically, and stream uint8 arrays to disk.
+deterministically, and write uint8 arrays to disk.
 
-Memory stays flat whatever the dataset's size: samples are decoded and resized a
-few at a time by a pool of processes, one per core (preprocess.workers), and written
-in order as they come, so the output is the same bytes whatever the count. The summary records what a
-person needs before trusting a number: counts, per-class pixels, rejected files
-and images that appear in more than one split.
+The stage's process plans where every pair goes from the images' headers and
+creates the files at their final size; a pool of processes, one per core
+(preprocess.workers), decodes, resizes and writes each pair straight into its
+place, and sends back only small figures (its statistics, its content hash).
+Memory stays flat whatever the dataset's size, on every core, and the output is
+the same bytes whatever the count. The summary records what a person needs
+before trusting a number: counts, per-class pixels, rejected files and images
+that appear in more than one split.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import multiprocessing
 import os
 import shutil
+import sys
+import types
 from collections import deque
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from segpipe.config import PreprocessParams, SplitParams
 from segpipe.data.images import (
     BadImageFile,
     image_size,
@@ -34,10 +39,13 @@ from segpipe.data.images import (
     resize_rgb,
     turned_hint,
 )
-from segpipe.data.processed import SPLITS, SplitWriter, write_summary
+from segpipe.data.processed import SPLITS, Slot, SplitFiles, write_summary
 from segpipe.data.raw import Pair, Problem, RawDataset
 from segpipe.data.resolution import Resize
 from segpipe.errors import SegpipeError, shortlist
+
+if TYPE_CHECKING:  # not at run time: the pool's processes import this module, and pydantic would double their start-up
+    from segpipe.config import PreprocessParams, SplitParams
 
 # How many bad files an error message lists before it says "and N more".
 _SHOWN_PROBLEMS = 20
@@ -86,36 +94,85 @@ def load_sample(raw: RawDataset, pair: Pair, resize: Resize, min_side: int, keep
                                f"0..{len(raw.classes) - 1} and {raw.ignore_index} (ignore)", bad.tolist()[:10])
     labels = labels.astype(np.uint8)
     work_h, work_w = resize.shape_for(height, width)
-    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes() + repr(image.shape).encode()).hexdigest()
+    digest = hashlib.sha1(np.ascontiguousarray(image))  # the pixels, then the shape, with no copy of the pixels
+    digest.update(repr(image.shape).encode())
     return Sample(pair, resize_rgb(image, work_h, work_w), resize_labels(labels, work_h, work_w),
-                  labels if keep_native else None, digest)
+                  labels if keep_native else None, digest.hexdigest())
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, pool: Executor | None = None) -> Iterator[R]:
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, pool: Executor) -> Iterator[R]:
     """Like pool.map, in order, but with only a few results in flight, so memory
-    stays flat however many items there are (Executor.map submits them all).
-    Threads of this process unless given a `pool` (of processes)."""
-    with (ThreadPoolExecutor(max_workers=workers) if pool is None else nullcontext(pool)) as running:
-        pending: deque = deque()
-        for item in items:
-            pending.append(running.submit(fn, item))
-            if len(pending) >= 4 * workers:
-                yield pending.popleft().result()
-        while pending:
+    stays flat however many items there are (Executor.map submits them all)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= 4 * workers:
             yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
-# What each worker process of the pool loads samples from, set once when it starts (not sent with every pair).
-_WORKER: dict = {}
+@dataclass(frozen=True)
+class Task:
+    pair: Pair
+    split: str
+    slot: Slot | None  # where its arrays go (None: its header was unreadable, so none was planned)
 
 
-def _start_worker(raw: RawDataset, resize: Resize, min_side: int) -> None:
-    _WORKER.update(raw=raw, resize=resize, min_side=min_side)
+@dataclass(frozen=True)
+class Outcome:
+    """What becomes of one pair: no pixels, only what the index and the statistics need."""
+
+    problem: Problem | None = None
+    placed: bool = False                    # written into its slot (not when its decoded size differs from the plan)
+    digest: str | None = None               # of the decoded original image, for leak detection
+    class_pixels: np.ndarray | None = None  # at the working resolution
+    moments: tuple | None = None            # train: channel sums and sums of squares in [0, 1] units, pixel count
 
 
-def _load_in_worker(task: tuple[Pair, bool]) -> Sample:
-    pair, keep_native = task
-    return load_sample(_WORKER["raw"], pair, _WORKER["resize"], _WORKER["min_side"], keep_native)
+def sample_statistics(sample: Sample, num_classes: int, train: bool) -> tuple[np.ndarray, tuple | None]:
+    counts = np.bincount(sample.mask.reshape(-1), minlength=256)[:num_classes]
+    if not train:
+        return counts, None
+    pixels = sample.image.reshape(-1, 3).astype(np.float64) / 255.0
+    return counts, (pixels.sum(axis=0), np.square(pixels).sum(axis=0), len(pixels))
+
+
+class PairWriter:
+    """Decodes, validates and resizes one pair and writes its arrays into their slot: what every process of
+    the pool does, and the stage's own process when it works alone (preprocess.workers: 1)."""
+
+    def __init__(self, raw: RawDataset, resize: Resize, min_side: int):
+        # Without the list of pairs, which each task brings: a worker's memory does not grow with the dataset.
+        self.raw, self.resize, self.min_side = replace(raw, pairs=[], problems=[]), resize, min_side
+
+    def __call__(self, task: Task) -> Outcome:
+        sample = self.decode(task)
+        if sample.problem:
+            return Outcome(sample.problem)
+        placed = task.slot is not None and task.slot.fits(sample.mask, sample.native_mask)
+        if placed:
+            task.slot.write(sample.image, sample.mask, sample.native_mask)
+        return Outcome(None, placed, sample.digest, *sample_statistics(sample, len(self.raw.classes), task.split == "train"))
+
+    def decode(self, task: Task) -> Sample:
+        return load_sample(self.raw, task.pair, self.resize, self.min_side, keep_native=task.split == "test")
+
+
+# In each process of the pool: its PairWriter, set once when it starts (not sent with every pair).
+_PAIR_WRITER: list[PairWriter] = []
+
+
+def _start_worker(writer: PairWriter) -> None:
+    _PAIR_WRITER.append(writer)
+
+
+def _write_in_worker(tasks: list[Task]) -> list[Outcome]:
+    return [_PAIR_WRITER[0](task) for task in tasks]
+
+
+def _started() -> None:
+    """A task that does nothing: the pool starts a process for it."""
 
 
 def worker_count(setting: int) -> int:
@@ -125,27 +182,53 @@ def worker_count(setting: int) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class SampleLoader:
-    """Loads samples in order with `workers` processes (1: threads of this process, as
-    decoding a small dataset is quicker than starting processes). Processes, because
-    decoding and resizing hold the GIL for much of their time: threads alone kept one core
-    busy. Spawned, not forked: the parent may hold torch's threads, which a fork copies
-    in whatever state they were."""
+@contextmanager
+def _main_left_out() -> Iterator[None]:
+    """__main__ a bare module while the pool's processes are spawned. A spawned process first runs the parent's
+    main script or module again, so that what is defined there can be unpickled; the pool sends nothing from
+    there, and a main that imports torch (the benchmark harness's does, a user's script may) made each process
+    start in 3.5 s instead of 0.3 s. Given a bare __main__, they skip it."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
-    def __init__(self, raw: RawDataset, resize: Resize, min_side: int, workers: int):
-        self.raw, self.resize, self.min_side, self.workers = raw, resize, min_side, workers
-        self.pool = None
+
+class PairWriters:
+    """Runs a PairWriter over tasks, in order: in `workers` processes, or in this one alone when `workers` is 1
+    (one core, one pair after another). Processes, because decoding and resizing hold the GIL for much of
+    their time: threads kept one core busy. Spawned, not forked: the parent may hold torch's threads,
+    which a fork copies in whatever state they were."""
+
+    def __init__(self, writer: PairWriter, workers: int):
+        self.writer, self.workers, self.pool = writer, workers, None
         if workers > 1:
             self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_start_worker, initargs=(raw, resize, min_side))
+                                            initializer=_start_worker, initargs=(writer,))
+            # The pool starts a process for each task submitted while none is idle, up to `workers`: this starts
+            # them all now, so that their start-up (a fresh interpreter importing numpy and PIL, about 0.15 s)
+            # overlaps the planning that follows in this process.
+            with _main_left_out():
+                for _ in range(workers):
+                    self.pool.submit(_started)
 
-    def load(self, pairs: list[Pair], keep_native: bool) -> Iterator[Sample]:
+    def map(self, tasks: list[Task]) -> Iterator[Outcome]:
         if self.pool is None:
-            load = lambda pair: load_sample(self.raw, pair, self.resize, self.min_side, keep_native)  # noqa: E731
-            return bounded_map(load, pairs, os.cpu_count() or 1)
-        return bounded_map(_load_in_worker, [(pair, keep_native) for pair in pairs], self.workers, self.pool)
+            return map(self.writer, tasks)
+        return itertools.chain.from_iterable(bounded_map(_write_in_worker, self._chunks(tasks), self.workers, self.pool))
 
-    def __enter__(self) -> "SampleLoader":
+    def _chunks(self, tasks: list[Task]) -> Iterator[list[Task]]:
+        """A few pairs to a message (up to 8, about 30 ms of work at 480x360), which costs this process less than
+        one each; fewer as the end nears, so that the processes finish together."""
+        start = 0
+        while start < len(tasks):
+            size = max(1, min(8, (len(tasks) - start) // (8 * self.workers)))
+            yield tasks[start : start + size]
+            start += size
+
+    def __enter__(self) -> "PairWriters":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -197,15 +280,16 @@ class _Statistics:
         self.presence_pixels = np.zeros(num_classes, np.int64)
         self.channel_sum, self.channel_squares, self.pixel_count = np.zeros(3), np.zeros(3), 0
 
-    def add(self, split: str, sample: Sample) -> None:
-        counts = np.bincount(sample.mask.reshape(-1), minlength=256)[: self.num_classes]
-        self.class_pixels[split] += counts
+    def add(self, split: str, outcome: Outcome) -> None:
+        """One sample's figures (sample_statistics), added in the samples' order: the same sums whatever the
+        number of processes."""
+        self.class_pixels[split] += outcome.class_pixels
         if split == "train":
-            self.presence_pixels[counts > 0] += counts.sum()
-            pixels = sample.image.reshape(-1, 3).astype(np.float64) / 255.0
-            self.channel_sum += pixels.sum(axis=0)
-            self.channel_squares += np.square(pixels).sum(axis=0)
-            self.pixel_count += len(pixels)
+            self.presence_pixels[outcome.class_pixels > 0] += outcome.class_pixels.sum()
+            channel_sum, channel_squares, pixel_count = outcome.moments
+            self.channel_sum += channel_sum
+            self.channel_squares += channel_squares
+            self.pixel_count += pixel_count
 
     def mean_std(self) -> tuple[list[float], list[float]]:
         mean = self.channel_sum / max(self.pixel_count, 1)
@@ -250,19 +334,30 @@ def _missing_classes_error(classes: list[str], train_pixels: np.ndarray) -> Segp
     )
 
 
-def bytes_to_write(raw: RawDataset, splits: dict[str, list[Pair]], resize: Resize) -> int:
-    """What preprocess will write, from the images' headers: each image (3 bytes a pixel) and mask (1) at the
-    working resolution, and the test masks at their own. Unreadable files count nothing (they are reported later)."""
-    total = 0
-    for name, pairs in splits.items():
-        for pair in pairs:
-            try:
-                width, height = image_size(raw.root / pair.image)
-            except BadImageFile:
-                continue
-            work_h, work_w = resize.shape_for(height, width)
-            total += 4 * work_h * work_w + (height * width if name == "test" else 0)
-    return total
+def header_shapes(raw: RawDataset, pairs: list[Pair]) -> list[tuple[int, int] | None]:
+    """Each pair's (height, width) as viewers show it, from its image's header, without decoding the pixels: None
+    for a header that cannot be read (the pair is reported when it is decoded)."""
+    shapes = []
+    for pair in pairs:
+        try:
+            width, height = image_size(raw.root / pair.image)
+            shapes.append((height, width))
+        except BadImageFile:
+            shapes.append(None)
+    return shapes
+
+
+def bytes_to_write(work_shapes: list[tuple[int, int] | None], native_shapes: list[tuple[int, int] | None]) -> int:
+    """Each image (3 bytes a pixel) and mask (1) at the working resolution, and the test masks at their own."""
+    return sum(4 * h * w for h, w in filter(None, work_shapes)) + sum(h * w for h, w in filter(None, native_shapes))
+
+
+def _decode_again(writer: PairWriter, task: Task) -> tuple:
+    """The arrays of a pair that was not written into its slot (its decoded size differs from its header's)."""
+    sample = writer.decode(task)
+    if sample.problem:  # it decoded a moment ago: the file changed since
+        raise SegpipeError(f"{task.pair.image} changed while preprocess read it ({sample.problem.reason}); run it again")
+    return sample.image, sample.mask, sample.native_mask
 
 
 def human_bytes(count: float) -> str:
@@ -288,23 +383,32 @@ def check_space(out_dir: Path, needed: int) -> None:
 def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path) -> dict:
     resize = Resize(params.resize.by, params.resize.to)
     splits = assign_splits(raw.pairs, params.split)
-    check_space(out_dir, bytes_to_write(raw, splits, resize))
+    writer = PairWriter(raw, resize, params.min_side)
     stats = _Statistics(len(raw.classes))
     problems: list[Problem] = list(raw.problems)
     digests: dict[str, list[tuple[str, str]]] = {}
-    counts = {}
-    with SampleLoader(raw, resize, params.min_side, worker_count(params.workers)) as loader:
-        for name in SPLITS:
-            writer = SplitWriter(out_dir, name, native=name == "test")
-            for sample in loader.load(splits[name], keep_native=name == "test"):
-                if sample.problem:
-                    problems.append(sample.problem)
-                    continue
-                writer.append(sample.pair.id, sample.image, sample.mask, sample.native_mask)
-                stats.add(name, sample)
-                digests.setdefault(sample.digest, []).append((sample.pair.id, name))
-            writer.close()
-            counts[name] = len(writer)
+    kept: dict[str, list[tuple[int, str, bool]]] = {name: [] for name in SPLITS}  # (index in the split, id, placed)
+    # The processes start first, so that their start-up overlaps the reading of the headers; never more than pairs.
+    with PairWriters(writer, min(worker_count(params.workers), max(1, len(raw.pairs)))) as writers:
+        # Every pair's place in its split's files, planned from the headers: the space check adds it up, and the
+        # processes write each pair straight into its place, so that no pixels pass through this process.
+        sizes = {name: header_shapes(raw, splits[name]) for name in SPLITS}
+        shapes = {name: [resize.shape_for(*size) if size else None for size in sizes[name]] for name in SPLITS}
+        natives = {name: sizes[name] if name == "test" else None for name in SPLITS}  # test masks at their own size
+        check_space(out_dir, sum(bytes_to_write(shapes[name], natives[name] or []) for name in SPLITS))
+        files = {name: SplitFiles(out_dir, name, shapes[name], natives[name]) for name in SPLITS}
+        places = [(name, index) for name in SPLITS for index in range(len(splits[name]))]
+        tasks = [Task(splits[name][index], name, files[name].slots[index]) for name, index in places]
+        # Outcomes come in the pairs' order, so the statistics add up the same whatever the number of processes.
+        for (name, index), outcome in zip(places, writers.map(tasks)):
+            pair = splits[name][index]
+            if outcome.problem:
+                problems.append(outcome.problem)
+                continue
+            stats.add(name, outcome)
+            digests.setdefault(outcome.digest, []).append((pair.id, name))
+            kept[name].append((index, pair.id, outcome.placed))
+    counts = {name: len(kept[name]) for name in SPLITS}
 
     total = len(raw.pairs) + len(raw.problems)
     if problems and params.on_bad_sample == "error":
@@ -331,6 +435,8 @@ def preprocess(raw: RawDataset, params: PreprocessParams, out_dir: Path) -> dict
         raise SegpipeError(f"{len(leaks)} images appear in more than one split (same pixels), so test scores would "
                            f"be inflated:\n  {shown}\nRemove the duplicates, or set preprocess.on_leak: warn to go on")
 
+    for name in SPLITS:  # after the checks: a stage that stops compacts nothing
+        files[name].close(kept[name], lambda index, name=name: _decode_again(writer, Task(splits[name][index], name, None)))
     mean, std = stats.mean_std()
     labelled = max(1, int(sum(p.sum() for p in stats.class_pixels.values())))
     total_pixels = sum(stats.class_pixels.values())

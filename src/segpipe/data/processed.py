@@ -11,14 +11,18 @@
 Images keep their aspect ratio, so they may differ in shape: the arrays are
 flat and `shapes.npy` says where each image lies. They stay uint8 and are
 memory-mapped on load: decoding and resizing happen once, here, never inside the
-training loop. Writing streams sample by sample, so memory stays flat however
-large the dataset.
+training loop. Writing goes sample by sample, so memory stays flat however
+large the dataset: streamed in order (SplitWriter), or into files created at
+their final size, where any process writes any sample into its planned place
+(SplitFiles, which preprocess's pool of processes uses).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -79,14 +83,131 @@ class SplitWriter:
     def close(self) -> None:
         self.images.close()
         self.masks.close()
-        np.save(self.folder / "shapes.npy", np.array(self.shapes, dtype=np.int64).reshape(-1, 2))
         if self.native is not None:
             self.native.close()
-            np.save(self.folder / "native_shapes.npy", np.array(self.native_shapes, dtype=np.int64).reshape(-1, 2))
-        write_json(self.folder / "ids.json", self.ids)
+        write_index(self.folder, self.ids, self.shapes, self.native_shapes if self.native is not None else None)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def write_index(folder: Path, ids: list[str], shapes: list[tuple[int, int]],
+                native_shapes: list[tuple[int, int]] | None = None) -> None:
+    """The files that say which sample each row is and where it lies in the flat arrays."""
+    np.save(folder / "shapes.npy", np.array(shapes, dtype=np.int64).reshape(-1, 2))
+    if native_shapes is not None:
+        np.save(folder / "native_shapes.npy", np.array(native_shapes, dtype=np.int64).reshape(-1, 2))
+    write_json(folder / "ids.json", ids)
+
+
+def create_flat_array(path: Path, length: int) -> int:
+    """A 1-D uint8 .npy file of `length` bytes, at its final size before any is written (sparse: the disk holds
+    only what is written later), with the header _FlatArrayWriter ends with; returns where its data starts."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {**_HEADER, "shape": (length,)})
+        start = handle.tell()
+        handle.truncate(start + length)
+    return start
+
+
+def write_at(path: Path, position: int, array: np.ndarray) -> None:
+    """The array's bytes into the file at `position`. Through the file, not a memory map: the pages of a map a
+    process writes count in its resident memory, which would then grow with the dataset."""
+    data = memoryview(np.ascontiguousarray(array, dtype=np.uint8)).cast("B")
+    handle = os.open(path, os.O_WRONLY)
+    try:
+        while data:  # pwrite may write less than asked
+            written = os.pwrite(handle, data, position)
+            data, position = data[written:], position + written
+    finally:
+        os.close(handle)
+
+
+def read_at(path: Path, position: int, length: int) -> np.ndarray:
+    data = bytearray()
+    with open(path, "rb") as handle:
+        while len(data) < length:
+            piece = os.pread(handle.fileno(), length - len(data), position + len(data))
+            if not piece:
+                raise SegpipeError(f"{path} ends at byte {position + len(data)}, before the sample it should hold")
+            data += piece
+    return np.frombuffer(data, np.uint8)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one sample goes in its split's files, planned from its shape before it is decoded."""
+
+    folder: Path
+    shape: tuple[int, int]                   # (height, width) at the working resolution
+    image: int                               # byte positions in images.npy,
+    mask: int                                # masks.npy
+    native_shape: tuple[int, int] | None = None
+    native: int | None = None                # and native_masks.npy (the test split)
+
+    def fits(self, mask: np.ndarray, native_mask: np.ndarray | None) -> bool:
+        return mask.shape == self.shape and (native_mask is None or native_mask.shape == self.native_shape)
+
+    def write(self, image: np.ndarray, mask: np.ndarray, native_mask: np.ndarray | None = None) -> None:
+        write_at(self.folder / "images.npy", self.image, image)
+        write_at(self.folder / "masks.npy", self.mask, mask)
+        if native_mask is not None:
+            write_at(self.folder / "native_masks.npy", self.native, native_mask)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        (h, w), native = self.shape, None
+        image = read_at(self.folder / "images.npy", self.image, 3 * h * w).reshape(h, w, 3)
+        mask = read_at(self.folder / "masks.npy", self.mask, h * w).reshape(h, w)
+        if self.native is not None:
+            nh, nw = self.native_shape
+            native = read_at(self.folder / "native_masks.npy", self.native, nh * nw).reshape(nh, nw)
+        return image, mask, native
+
+
+class SplitFiles:
+    """One split's flat arrays created at their final length from the planned shape of every sample, so that
+    processes can write samples into their slots in any order, with no pixels passing through this one.
+
+    A sample that turns out bad, or whose decoded shape differs from the plan, leaves a hole; close() then
+    compacts the split, one sample at a time, into what SplitWriter would have written without it."""
+
+    def __init__(self, root: Path, name: str, shapes: list[tuple[int, int] | None],
+                 native_shapes: list[tuple[int, int] | None] | None = None):
+        self.folder = root / name
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.native = native_shapes is not None
+        pixels = [shape[0] * shape[1] if shape else 0 for shape in shapes]
+        native_pixels = [shape[0] * shape[1] if shape else 0 for shape in native_shapes or []]
+        image_start = create_flat_array(self.folder / "images.npy", 3 * sum(pixels))
+        mask_start = create_flat_array(self.folder / "masks.npy", sum(pixels))
+        native_start = create_flat_array(self.folder / "native_masks.npy", sum(native_pixels)) if self.native else 0
+        starts, native_starts = np.cumsum([0] + pixels).tolist(), np.cumsum([0] + native_pixels).tolist()
+        # None where the shape is unknown (an unreadable header): no place, the sample is written at close().
+        self.slots: list[Slot | None] = [
+            Slot(self.folder, shape, image_start + 3 * starts[i], mask_start + starts[i],
+                 native_shapes[i] if self.native else None, native_start + native_starts[i] if self.native else None)
+            if shape else None
+            for i, shape in enumerate(shapes)
+        ]
+
+    def close(self, rows: list[tuple[int, str, bool]], decode: Callable[[int], tuple]) -> None:
+        """Write the index of `rows`, the samples kept, in order: (their index in the plan, id, whether they were
+        written into their slot). The arrays (image, mask, native mask) of those that were not come from `decode`."""
+        if len(rows) == len(self.slots) and all(placed for _, _, placed in rows):
+            slots = [self.slots[i] for i, _, _ in rows]
+            write_index(self.folder, [sample_id for _, sample_id, _ in rows], [slot.shape for slot in slots],
+                        [slot.native_shape for slot in slots] if self.native else None)
+            return
+        # Rare (bad files skipped, a header that misled the plan): rewrite the split without its holes.
+        staging = self.folder.parent / f".{self.folder.name}.compacted"
+        writer = SplitWriter(staging, self.folder.name, native=self.native)
+        for index, sample_id, placed in rows:
+            writer.append(sample_id, *(self.slots[index].read() if placed else decode(index)))
+        writer.close()
+        for path in writer.folder.iterdir():
+            os.replace(path, self.folder / path.name)
+        writer.folder.rmdir()
+        staging.rmdir()
 
 
 def _offsets(shapes: np.ndarray) -> np.ndarray:
