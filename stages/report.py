@@ -20,6 +20,7 @@ from segpipe.device import runtime_for
 from segpipe.errors import SegpipeError
 from segpipe.evaluation.intervals import bootstrap_intervals, class_iou_intervals
 from segpipe.evaluation.per_image import PerImageResults
+from segpipe.models import describe
 from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint
 from segpipe.models.forward import predict_masks
 from segpipe.paths import (
@@ -187,7 +188,7 @@ def main() -> None:
         history_section(params.mlflow.experiment, earlier_runs(run, params)),
     ]
     figures = [f for f in (curves, confusion, best, worst) if f is not None]
-    title = f"segpipe: {checkpoint.spec.name} ({checkpoint.spec.pooling} pooling) on {checkpoint.data.dataset}"
+    title = f"segpipe: {describe(checkpoint.spec)} on {checkpoint.data.dataset}"
     write_reports(title, sections, figures, examples, results.per_class)
 
     run.log(metrics=interval_metrics(intervals), artifacts={

@@ -165,6 +165,18 @@ def test_a_2000x1500_photo_goes_through_windows_without_seams(tmp_path, monkeypa
     assert tiled_at_seams > 0.05 and tiled_at_seams > tiled_overall, (tiled_overall, tiled_at_seams)
 
 
+def test_windows_narrower_than_the_models_stride_still_score_every_pixel(tmp_path):
+    # Training images smaller than the stride (30x30 for an smp encoder's 32, here 5x5 for the cnn's 8): windows
+    # of that size, at offsets a stride apart, once left the pixels between them NaN.
+    photo = synthetic_photo(64, 96, seed=5)
+    checkpoint = load_model_checkpoint(tiny_checkpoint(tmp_path / "model.pt", [photo], input_shape=(5, 5)))
+    predictor = Predictor(checkpoint, runtime_for("cpu", amp=False, channels_last=False), WindowPlan.parse("auto", (5, 5), 0.5))
+    assert predictor.stride == 8 and predictor.plan.applies_to(64, 96)
+    scored = next(predictor.score([photo]))
+    assert torch.isfinite(scored.logits).all()
+    assert scored.windows == 8 * 12  # windows of 8x8, a stride apart, over the 64x96 working image
+
+
 def test_inputs_with_the_same_stem_keep_their_own_outputs(tmp_path):
     sizes = {"d1/img.jpg": (30, 40), "d2/img.jpg": (35, 50), "d1/img.png": (45, 60)}
     for k, (name, (h, w)) in enumerate(sizes.items()):

@@ -23,7 +23,7 @@ from segpipe.config import ModelParams
 from segpipe.data.processed import DatasetInfo
 from segpipe.errors import SegpipeError
 from segpipe.hashing import file_sha256
-from segpipe.models import MODELS, ModelSpec, apply_weights, create_model, spec_for
+from segpipe.models import MODELS, ModelSpec, apply_weights, create_model, describe, spec_for
 from segpipe.models.checkpoint import ModelCheckpoint, load_model_checkpoint, model_metadata
 from segpipe.models.smp_models import ARCHITECTURES, IMAGENET_MEAN, IMAGENET_STD
 from segpipe.serving.export import tolerance
@@ -122,6 +122,12 @@ def test_an_architecture_that_cannot_take_the_encoder_says_so():
     with pytest.raises(SegpipeError, match=r"model.encoder: smp's DPT cannot be built on the encoder 'resnet18' "
                                            r"\(Only Timm encoders are supported for DPT"):
         create_model(ModelSpec("smp_dpt", 2, "max", 8, encoder="resnet18"))
+
+
+def test_a_title_names_an_smp_models_encoder_and_the_pooling_of_the_own_models_only():
+    assert describe(ModelSpec("smp_fpn", 3, "max", 8, encoder="mobilenet_v2")) == "smp_fpn (mobilenet_v2 encoder)"
+    assert describe(ModelSpec("unet", 3, "avg", 8)) == "unet (avg pooling)"
+    assert describe(ModelSpec("deeplabv3_resnet50", 3, "max", 8)) == "deeplabv3_resnet50"  # model.pooling: not its knob
 
 
 def checkpoint_of(model, name: str, encoder: str, info: DatasetInfo = INFO, input_shape=(48, 48)) -> ModelCheckpoint:

@@ -22,7 +22,7 @@ MODELS: Registry[type[SegmentationModel]] = Registry("model.name", "model", {
     **SMP_MODELS,
 })
 
-__all__ = ["MODELS", "Loaded", "ModelSpec", "SegmentationModel", "apply_weights", "create_model", "spec_for"]
+__all__ = ["MODELS", "Loaded", "ModelSpec", "SegmentationModel", "apply_weights", "create_model", "describe", "spec_for"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,12 @@ def spec_for(params, num_classes: int) -> ModelSpec:
         raise SegpipeError(f"model.encoder: {params.encoder!r} chooses the encoder of the smp_* models; {params.name} has "
                            "none. Set model.encoder: null, or pick an smp model (e.g. model.name: smp_unet)")
     return ModelSpec(params.name, num_classes, params.pooling, params.base_channels, encoder=params.encoder)
+
+
+def describe(spec: ModelSpec) -> str:
+    """The model and the knobs that shape it, for titles: unet (max pooling), smp_fpn (mobilenet_v2 encoder), or
+    a torchvision model's name alone (model.pooling shapes the own models only: naming it beside another misleads)."""
+    model = MODELS[spec.name]
+    if model.uses_encoder:
+        return f"{spec.name} ({spec.encoder} encoder)"
+    return f"{spec.name} ({spec.pooling} pooling)" if model.own_knobs else spec.name

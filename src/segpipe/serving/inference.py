@@ -91,7 +91,10 @@ def sliding_logits(model: torch.nn.Module, image: torch.Tensor, window: tuple[in
                    batch_size: int, runtime: Runtime, stride: int = 1) -> tuple[torch.Tensor, int]:
     """(1, 3, H, W) normalised image -> ((1, C, H, W) blended logits, number of windows)."""
     _, _, height, width = image.shape
-    wh, ww = min(window[0], height), min(window[1], width)
+    # Offsets step by whole strides: a window narrower than the stride would leave the pixels between two of
+    # them unscored (NaN logits, a wrong mask). The model pads such a window to its stride anyway (an smp
+    # encoder's 32 for training images of 30x30, say), so it takes that many of the image's pixels instead.
+    wh, ww = min(max(window[0], stride), height), min(max(window[1], stride), width)
     offsets = [(y, x) for y in window_starts(height, wh, overlap, stride) for x in window_starts(width, ww, overlap, stride)]
     weight = window_weight(wh, ww, image.device)
     total, norm = None, torch.zeros(1, 1, height, width, device=image.device)
