@@ -27,6 +27,29 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_configure(config):
+    _a_share_of_the_cores_each()
+    _refuse_an_xdist_that_does_not_group(config)
+
+
+def _a_share_of_the_cores_each() -> None:
+    """Under make test's workers, each worker and every process its tests start (they inherit
+    OMP_NUM_THREADS) computes on its share of the cores. PyTorch's default, a thread per core in every
+    process, oversubscribes them: a stage's OpenMP threads then wait on each other whenever another
+    worker holds a core (a tiny training stage beside another job: 26-30 s with two threads, 11 s with
+    one). A thread count the user set is kept."""
+    import sys
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:  # imported already (by a plugin): it read the variable then
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _refuse_an_xdist_that_does_not_group(config) -> None:
     """Stop, rather than run each module's shared servers and runs once per worker, where
     pytest-xdist's loadgroup does not group: its mark travels in the node id, which pytest 9.2
     no longer lets it change (pytest-dev/pytest-xdist#1386)."""
