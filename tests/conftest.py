@@ -17,8 +17,8 @@ SHARED = REPO_ROOT.parent / "shared"
 # keep the second worker busy while the first makes it; then the other long ones, the rest after.
 HANDED_OUT_FIRST = ["tests/test_shared_stack.py", "tests/test_tracking.py", "tests/test_export.py",
                     "tests/test_models_losses.py", "tests/test_stage_deps.py", "tests/test_resume.py",
-                    "tests/test_team.py", "tests/test_smp_downstream.py", "tests/test_distributed.py", "tests/test_pipeline.py",
-                    "tests/test_weizmann.py"]
+                    "tests/test_team.py", "tests/test_smp_downstream.py", "tests/test_distributed.py",
+                    "tests/test_pipeline.py", "tests/test_weizmann.py"]
 
 
 def pytest_collection_modifyitems(items):
