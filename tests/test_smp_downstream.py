@@ -1,7 +1,8 @@
 """The smp models through the stages themselves, on a tiny dataset whose native 45x45 masks are not the
 30x30 working resolution (neither side divisible by an encoder's 32): a training SIGKILLed mid-way resumes
 to exactly the uninterrupted training's model and history, in the same MLflow run; the resumed model is then
-evaluated at native resolution, reported, and predicted with by `segpipe predict` in sliding windows.
+evaluated at native resolution, reported, and predicted with by `segpipe predict` in sliding windows; and
+FPN and Segformer train under two processes (DDP on gloo) into one run and one model.
 
 Unet/resnet34 goes through evaluate and report in tests/test_smp_models.py's pipeline test; FPN/mobilenet_v2
 and Segformer/mit_b0 go through them here. The killed and the resumed training are processes of their own, as
@@ -134,6 +135,23 @@ def test_a_killed_smp_training_resumes_to_the_uninterrupted_result_then_evaluate
         evaluated_at_native_resolution(project, monkeypatch)
         reported(project, name, encoder, monkeypatch)
         predicted_in_windows(project, tmp_path)
+
+
+@pytest.mark.parametrize("name, encoder", [("smp_fpn", "mobilenet_v2"), ("smp_segformer", "mit_b0")])
+def test_an_smp_model_trains_under_two_processes_into_one_run_and_one_model(processed, tmp_path, name, encoder):
+    """train.nproc: 2 on the CPU (gloo): each process takes half of every batch; the first writes the outputs and
+    records the one run. (Unet/resnet34 does the same in tests/test_smp_models.py's pipeline test.)"""
+    project = project_for(processed, tmp_path, name, encoder)
+    set_params(project, **{"train.nproc": 2, "train.epochs": 1})
+    result = run([sys.executable, "stages/train.py"], project, env=ENV)
+    assert "x 2 processes" in result.stdout
+    checkpoint = load_model_checkpoint(project / "models/model.pt")
+    assert (checkpoint.spec.name, checkpoint.spec.encoder) == (name, encoder)
+    summary = json.loads((project / "metrics/train.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs"] == 1 and 0 <= summary["best_val_miou"] <= 1
+    _, (only,) = runs_of(project)
+    assert only.info.status == "FINISHED" and only.data.params["train.nproc"] == "2"
+    assert only.data.params["model.encoder"] == encoder
 
 
 def evaluated_at_native_resolution(project: Path, monkeypatch) -> None:
