@@ -87,7 +87,7 @@ def test_confusion_matrix_matches_boolean_indexing_and_refuses_labels_out_of_ran
     valid = target != 255
     expected = torch.bincount(target[valid] * 21 + pred[valid], minlength=21 * 21).reshape(21, 21)
     assert torch.equal(confusion_matrix(pred.to(dtype), target.to(dtype), 21, 255), expected)
-    for label in ([30, 300] if dtype == torch.int64 else [30]):  # below the ignored label, and above it
+    for label in ([30, 300, -1] if dtype == torch.int64 else [30]):  # below the ignored label, above it, negative
         wrong = target.clone()
         wrong[0, 10, 10] = label
         with pytest.raises(ValueError, match=r"labels outside 0..20 \(other than 255"):

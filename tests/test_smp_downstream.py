@@ -40,9 +40,9 @@ from tests.test_resume import resume_epoch, runs_of, wait_for_line
 # One worker runs the module: its tests share the processed dataset.
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("smp_downstream")]
 NATIVE, WORKING = 45, 30
-# Three epochs, the kill sent once the first is saved: the other two and publishing stand between
-# the kill and a finished training. The model is not logged to MLflow: no part of what is tested here.
-EPOCHS = 3
+# Six epochs, the kill sent once the first is saved: five more and publishing (a second or more) stand
+# between the kill and a finished training. The model is not logged to MLflow: no part of what is tested here.
+EPOCHS = 6
 # One thread per training: make test's two workers share two cores, and a stage's two OpenMP threads
 # then wait on each other whenever the other worker holds a core (epochs of 7-12 s instead of 0.2 s here).
 THREADS = 1

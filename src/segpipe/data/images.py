@@ -60,10 +60,14 @@ def open_image(path: str | Path, upright: bool = True) -> Iterator[Image.Image]:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) as viewers show the image, from the file's header, without decoding the pixels."""
+    """(width, height) as viewers show the image, from the file's header, without decoding the pixels. A PNG's
+    EXIF chunk may follow its pixels, and Pillow decodes the whole image to look for it (58 ms for a 2000x1500
+    photo, against 0.2 ms for a JPEG's header): a PNG whose header holds none counts as stored. Preprocess,
+    which plans from these sizes, finds the rare turned one when it decodes it, and places it again."""
     with open_image(path, upright=False) as image:
         width, height = image.size
-        return (height, width) if orientation(image) in _TURNED else (width, height)
+        exif_in_header = image.format != "PNG" or "exif" in image.info
+        return (height, width) if exif_in_header and orientation(image) in _TURNED else (width, height)
 
 
 def first_frame_note(path: str | Path, image: Image.Image) -> str | None:

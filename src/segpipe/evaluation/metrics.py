@@ -67,7 +67,10 @@ def _host_confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes
     pairs, ignored = num_classes * num_classes, ignore_index * num_classes
     counts = []
     for row in rows:
-        found = torch.bincount(row, minlength=pairs)
+        try:
+            found = torch.bincount(row, minlength=pairs)
+        except RuntimeError:  # a negative label (bincount takes none): out of range, as above
+            raise _out_of_range(num_classes, ignore_index) from None
         above = found[pairs:].sum() - found[ignored : ignored + num_classes].sum()
         counts.append(torch.cat([found[:pairs], above.reshape(1)]))
     return torch.stack(counts) if per_sample else counts[0]
@@ -75,7 +78,11 @@ def _host_confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes
 
 def _refuse_out_of_range(outside: torch.Tensor, num_classes: int, ignore_index: int) -> None:
     if int(outside):  # a label out of range is an error, never a count
-        raise ValueError(f"labels outside 0..{num_classes - 1} (other than {ignore_index}, which is ignored)")
+        raise _out_of_range(num_classes, ignore_index)
+
+
+def _out_of_range(num_classes: int, ignore_index: int) -> ValueError:
+    return ValueError(f"labels outside 0..{num_classes - 1} (other than {ignore_index}, which is ignored)")
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
