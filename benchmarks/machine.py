@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import torchvision
 
+from segpipe.data.preprocess import worker_count
+
 
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
@@ -20,8 +22,8 @@ def cpu_model() -> str:
 
 
 def usable_cores() -> int:
-    """What `nproc` prints: the cores this process may run on, not the host's total."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """What `nproc` prints: the cores this process may run on, not the host's total (preprocess's workers: 0)."""
+    return worker_count(0)
 
 
 def load_average() -> str:

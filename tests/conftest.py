@@ -42,8 +42,9 @@ def _a_share_of_the_cores_each() -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers < 2 or "OMP_NUM_THREADS" in os.environ:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    threads = max(1, cores // workers)
+    from segpipe.data.preprocess import worker_count
+
+    threads = max(1, worker_count(0) // workers)  # worker_count(0): one per core this process may use
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:  # imported already (by a plugin): it read the variable then
         sys.modules["torch"].set_num_threads(threads)
