@@ -46,6 +46,21 @@ def start_queue(repo: Path, log: Path, env: dict | None = None, jobs: int = 2) -
                        stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
 
 
+def failed_experiment_logs(repo: Path, status: str, lines: int = 60) -> str:
+    """For an assertion's message: the end of each failed queued experiment's own log (`dvc queue
+    logs`) and of the queue's worker logs. `dvc queue status` says only that a task failed, and a
+    task that failed while DVC set it up has no log of its own (treeverse/dvc#10814)."""
+    tail = lambda text: "\n".join(text.splitlines()[-lines:])  # noqa: E731
+    logs = []
+    for task in [line.split()[0] for line in status.splitlines() if line.rstrip().endswith("Failed")]:
+        result = dvc("queue", "logs", task, cwd=repo, check=False)
+        logs.append(f"--- {repo.name}: dvc queue logs {task} ---\n{tail(result.stdout + result.stderr)}")
+    if logs:
+        for worker in sorted((repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.out")):
+            logs.append(f"--- {repo.name}: {worker.name} ---\n{tail(worker.read_text(errors='replace'))}")
+    return "\n".join(logs)
+
+
 def git_commit(root: Path, message: str) -> None:
     run(["git", "add", "-A"], root)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", message], root)

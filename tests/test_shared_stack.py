@@ -29,7 +29,16 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from segpipe.errors import SegpipeError
-from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue, user_env
+from tests.pipeline_project import (
+    copy_project,
+    dvc,
+    failed_experiment_logs,
+    git_commit,
+    run,
+    set_params,
+    start_queue,
+    user_env,
+)
 from tools.team_stack import (
     ACCESS_KEY_ID,
     ADMIN,
@@ -219,7 +228,8 @@ def test_queued_experiments_and_a_teammates_runs_all_land_on_the_server_each_its
     for repo in seeds:  # both queues at once: 4 trainings on the server side by side
         start_queue(repo, tmp_path / f"queue-{repo.name}.log", tracking_env(stack, user[repo]))
     statuses = wait_for_queues({repo: len(values) for repo, values in seeds.items()})
-    assert statuses[project].count("Success") == 4 and statuses[clone].count("Success") == 2, statuses
+    assert statuses[project].count("Success") == 4 and statuses[clone].count("Success") == 2, \
+        (statuses, "".join(failed_experiment_logs(repo, status) for repo, status in statuses.items()))
 
     theirs = dvc_experiments(clone)
     experiments = dvc_experiments(project) | theirs

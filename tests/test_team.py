@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.pipeline_project import copy_project, dvc, git_commit, run, set_params, start_queue
+from tests.pipeline_project import copy_project, dvc, failed_experiment_logs, git_commit, run, set_params, start_queue
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +34,7 @@ def test_queued_experiments_in_parallel_all_land_in_the_projects_store(baseline,
         dvc("exp", "run", "--queue", "-S", f"train.lr={rate}", cwd=project)
     start_queue(project, tmp_path / "queue.log")
     status = wait_for_queue(project)
-    assert status.count("Success") == 2, status
+    assert status.count("Success") == 2, (status, failed_experiment_logs(project, status))
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("segpipe").experiment_id])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -291,6 +292,64 @@ def test_concurrent_writers_share_one_new_sqlite_store(in_tmp):
     runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
     assert sorted(r.data.params["worker"] for r in runs) == ["0", "1", "2", "3"]
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 15 for r in runs)
+
+
+@contextmanager
+def another_process_inserts_it_first(database: Path, table: str, own_row=lambda row: row):
+    """Just before this process's first INSERT INTO `table`, another connection inserts and commits the
+    same row (made its own by `own_row`), as a parallel run does between MLflow's look-up and its insert.
+    Yields the rows inserted so and the database errors this process met."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    inserted, failures = [], []
+
+    def insert_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith(f"INSERT INTO {table} ") and not inserted:
+            row = own_row(list(parameters[0] if executemany else parameters))
+            with sqlite3.connect(database) as other:
+                other.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
+            inserted.append(row)
+
+    def note_failure(context):
+        failures.append(str(context.original_exception))
+
+    event.listen(Engine, "before_cursor_execute", insert_first)
+    event.listen(Engine, "handle_error", note_failure)
+    try:
+        yield inserted, failures
+    finally:
+        event.remove(Engine, "before_cursor_execute", insert_first)
+        event.remove(Engine, "handle_error", note_failure)
+
+
+def test_a_dataset_another_run_inserts_at_the_same_moment_is_linked_not_a_failure(in_tmp):
+    # Parallel queued experiments log the same new dataset at once; MLflow looks it up, then inserts it.
+    database = in_tmp / "mlflow.db"
+    run = TrainingRun("race", {}, {}, True, "late")
+    with another_process_inserts_it_first(database, "datasets", lambda row: ["0" * 32, *row[1:]]) as (other, failures):
+        run.log_dataset("shapes", in_tmp, "0123456789abcdef0123456789abcdef.dir")
+    run.finish()
+
+    assert len(other) == 1 and len(failures) == 1 and "UNIQUE constraint failed: datasets" in failures[0]
+    inputs = MlflowClient(tracking_uri=f"sqlite:///{database}").get_run(run.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("shapes", "0123456789abcdef0123456789abcdef")]
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT dataset_uuid FROM datasets").fetchall() == [("0" * 32,)]  # the other run's, shared
+
+
+def test_an_experiment_another_run_tags_at_the_same_moment_starts_the_run(in_tmp):
+    # An experiment made before segpipe tagged its kind: parallel first runs find it untagged at once.
+    database = in_tmp / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{database}").create_experiment("older")
+    with another_process_inserts_it_first(database, "experiment_tags") as (other, failures):
+        run = TrainingRun("older", {}, {}, True, "late")
+    run.finish()
+
+    assert len(other) == 1 and len(failures) == 1 and "UNIQUE constraint failed: experiment_tags" in failures[0]
+    experiment = MlflowClient(tracking_uri=f"sqlite:///{database}").get_experiment_by_name("older")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert MlflowClient(tracking_uri=f"sqlite:///{database}").get_run(run.run_id).info.status == "FINISHED"
 
 
 def test_a_broken_store_is_named(in_tmp):

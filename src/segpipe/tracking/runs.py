@@ -31,6 +31,7 @@ from segpipe.tracking.store import (
     _defined,
     _http_setting,
     _short,
+    again_if_another_inserted_it,
     check_artifacts_follow_project,
 )
 
@@ -132,7 +133,8 @@ class TrainingRun(Tracking):
                 warnings.simplefilter("ignore", UserWarning)
                 source = resolve_dataset_source(str(path.resolve()))
             dataset = MetaDataset(source, name=name, digest=digest.removesuffix(".dir") if digest else None)
-            self.mlflow.log_input(dataset, context="training")
+            # Parallel queued experiments (or a teammate's) log the same new dataset at the same moment.
+            again_if_another_inserted_it(self.mlflow.log_input, dataset, context="training")
 
     def log_model(self, model, example, registered_name: str | None, metadata: dict | None = None) -> None:
         """Log the model as a torch.export (pt2) program: it loads without segpipe
