@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,29 @@ def start_queue(repo: Path, log: Path, env: dict | None = None, jobs: int = 2) -
     with open(log, "w") as out:
         subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=repo, env=user_env(env),
                        stdout=out, stderr=subprocess.STDOUT, check=True, timeout=120)
+
+
+def wait_for_queues(expected: dict[Path, int], timeout: float = 600) -> dict[Path, str]:
+    """Wait until each repository has its expected number of finished experiments, then
+    return `dvc queue status` of each. Finished experiments are git refs, cheap to count;
+    DVC itself is asked only now and then, to catch a failed one early."""
+    deadline, asked = time.monotonic() + timeout, time.monotonic()
+    while True:
+        done = all(len(dvc_experiment_refs(repo)) >= count for repo, count in expected.items())
+        if done or time.monotonic() - asked > 20:
+            statuses = {repo: dvc("queue", "status", cwd=repo).stdout for repo in expected}
+            asked = time.monotonic()
+            if not any("Queued" in s or "Running" in s for s in statuses.values()):
+                return statuses
+        if time.monotonic() > deadline:
+            raise AssertionError(f"queues still busy after {timeout} s")
+        time.sleep(1)
+
+
+def dvc_experiment_refs(repo: Path) -> list[str]:
+    """refs/exps/<baseline>/<name>: one per finished experiment."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], repo).stdout.split()
+    return [ref for ref in refs if not ref.startswith("refs/exps/exec/") and ref.count("/") >= 4]
 
 
 def failed_experiment_logs(repo: Path, status: str, lines: int = 60) -> str:

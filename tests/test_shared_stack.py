@@ -32,12 +32,14 @@ from segpipe.errors import SegpipeError
 from tests.pipeline_project import (
     copy_project,
     dvc,
+    dvc_experiment_refs,
     failed_experiment_logs,
     git_commit,
     run,
     set_params,
     start_queue,
     user_env,
+    wait_for_queues,
 )
 from tools.team_stack import (
     ACCESS_KEY_ID,
@@ -170,29 +172,6 @@ def test_data_and_models_go_through_the_s3_remote_and_a_teammate_reruns_nothing(
 
 def search_all_experiments(client: MlflowClient) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
-
-
-def wait_for_queues(expected: dict[Path, int], timeout: float = 600) -> dict[Path, str]:
-    """Wait until each repository has its expected number of finished experiments, then
-    return `dvc queue status` of each. Finished experiments are git refs, cheap to count;
-    DVC itself is asked only now and then, to catch a failed one early."""
-    deadline, asked = time.monotonic() + timeout, time.monotonic()
-    while True:
-        done = all(len(dvc_experiment_refs(repo)) >= count for repo, count in expected.items())
-        if done or time.monotonic() - asked > 20:
-            statuses = {repo: dvc("queue", "status", cwd=repo).stdout for repo in expected}
-            asked = time.monotonic()
-            if not any("Queued" in s or "Running" in s for s in statuses.values()):
-                return statuses
-        if time.monotonic() > deadline:
-            raise AssertionError(f"queues still busy after {timeout} s")
-        time.sleep(1)
-
-
-def dvc_experiment_refs(repo: Path) -> list[str]:
-    """refs/exps/<baseline>/<name>: one per finished experiment."""
-    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps/"], repo).stdout.split()
-    return [ref for ref in refs if not ref.startswith("refs/exps/exec/") and ref.count("/") >= 4]
 
 
 @dataclass

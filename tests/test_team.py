@@ -5,24 +5,22 @@ DVC remote, so that a fresh clone re-runs nothing and can re-evaluate the model.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.pipeline_project import copy_project, dvc, failed_experiment_logs, git_commit, run, set_params, start_queue
+from tests.pipeline_project import (
+    copy_project,
+    dvc,
+    failed_experiment_logs,
+    git_commit,
+    run,
+    set_params,
+    start_queue,
+    wait_for_queues,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for_queue(root, timeout=480):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = dvc("queue", "status", cwd=root).stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        time.sleep(2)
-    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
 def test_queued_experiments_in_parallel_all_land_in_the_projects_store(baseline, tmp_path):
@@ -33,7 +31,7 @@ def test_queued_experiments_in_parallel_all_land_in_the_projects_store(baseline,
     for rate in rates:
         dvc("exp", "run", "--queue", "-S", f"train.lr={rate}", cwd=project)
     start_queue(project, tmp_path / "queue.log")
-    status = wait_for_queue(project)
+    status = wait_for_queues({project: len(rates)})[project]
     assert status.count("Success") == 2, (status, failed_experiment_logs(project, status))
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
