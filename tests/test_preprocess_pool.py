@@ -49,6 +49,35 @@ def test_a_pool_of_processes_writes_the_bytes_one_process_writes(tmp_path):
     assert np.load(tmp_path / "pooled/train/images.npy").size > 0
 
 
+def test_a_worker_that_cannot_start_stops_the_ones_that_did(tmp_path, monkeypatch):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shut_down = []
+
+    class SecondProcessFails(ProcessPoolExecutor):  # as fork/exec does at a process limit or out of memory
+        submitted = 0
+
+        def submit(self, fn, *args, **kwargs):
+            SecondProcessFails.submitted += 1
+            if SecondProcessFails.submitted == 2:
+                raise OSError(11, "Resource temporarily unavailable")
+            return super().submit(fn, *args, **kwargs)
+
+        def shutdown(self, *args, **kwargs):
+            shut_down.append(self)
+            super().shutdown(*args, **kwargs)
+
+    monkeypatch.setattr(preprocess_module, "ProcessPoolExecutor", SecondProcessFails)
+    before = set(multiprocessing.active_children())
+    raw = write_photos(tmp_path / "raw", {None: 2})
+    writer = preprocess_module.PairWriter(raw, preprocess_module.Resize("shorter_side", 48), 16)
+    with pytest.raises(OSError, match="Resource temporarily unavailable"):
+        preprocess_module.PairWriters(writer, workers=3)
+    assert len(shut_down) == 1 and SecondProcessFails.submitted == 2
+    assert set(multiprocessing.active_children()) <= before  # the first worker is gone too
+
+
 def test_a_bad_sample_in_a_worker_is_named_as_in_one_process(tmp_path):
     raw = write_photos(tmp_path / "raw", {None: 6})
     (raw.root / raw.pairs[2].image).write_bytes(b"broken")

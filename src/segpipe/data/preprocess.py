@@ -210,9 +210,13 @@ class PairWriters:
             # The pool starts a process for each task submitted while none is idle, up to `workers`: this starts
             # them all now, so that their start-up (a fresh interpreter importing numpy and PIL, about 0.15 s)
             # overlaps the planning that follows in this process.
-            with _main_left_out():
-                for _ in range(workers):
-                    self.pool.submit(_started)
+            try:
+                with _main_left_out():
+                    for _ in range(workers):
+                        self.pool.submit(_started)
+            except BaseException:  # a process that could not start (no memory, a process limit): stop those that did
+                self.pool.shutdown(cancel_futures=True)
+                raise
 
     def map(self, tasks: list[Task]) -> Iterator[Outcome]:
         if self.pool is None:
