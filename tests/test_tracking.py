@@ -297,8 +297,8 @@ def test_concurrent_writers_share_one_new_sqlite_store(in_tmp):
 @contextmanager
 def another_process_inserts_it_first(database: Path, table: str, own_row=lambda row: row):
     """Just before this process's first INSERT INTO `table`, another connection inserts and commits the
-    same row (made its own by `own_row`), as a parallel run does between MLflow's look-up and its insert.
-    Yields the rows inserted so and the database errors this process met."""
+    same row (a {column: value} dict, made its own by `own_row`), as a parallel run does between MLflow's
+    look-up and its insert. Yields the rows inserted so and the errors this process met on `table`."""
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
@@ -306,13 +306,15 @@ def another_process_inserts_it_first(database: Path, table: str, own_row=lambda 
 
     def insert_first(conn, cursor, statement, parameters, context, executemany):
         if statement.lstrip().startswith(f"INSERT INTO {table} ") and not inserted:
-            row = own_row(list(parameters[0] if executemany else parameters))
+            columns = statement[statement.index("(") + 1 : statement.index(")")].split(", ")
+            row = own_row(dict(zip(columns, parameters[0] if executemany else parameters)))
             with sqlite3.connect(database) as other:
-                other.execute(f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", row)
+                other.execute(statement, [row[column] for column in columns])  # SQLAlchemy's own, its columns named
             inserted.append(row)
 
     def note_failure(context):
-        failures.append(str(context.original_exception))
+        if table in str(context.original_exception):
+            failures.append(str(context.original_exception))
 
     event.listen(Engine, "before_cursor_execute", insert_first)
     event.listen(Engine, "handle_error", note_failure)
@@ -327,7 +329,8 @@ def test_a_dataset_another_run_inserts_at_the_same_moment_is_linked_not_a_failur
     # Parallel queued experiments log the same new dataset at once; MLflow looks it up, then inserts it.
     database = in_tmp / "mlflow.db"
     run = TrainingRun("race", {}, {}, True, "late")
-    with another_process_inserts_it_first(database, "datasets", lambda row: ["0" * 32, *row[1:]]) as (other, failures):
+    theirs = lambda row: row | {"dataset_uuid": "0" * 32}  # noqa: E731
+    with another_process_inserts_it_first(database, "datasets", theirs) as (other, failures):
         run.log_dataset("shapes", in_tmp, "0123456789abcdef0123456789abcdef.dir")
     run.finish()
 
@@ -338,18 +341,55 @@ def test_a_dataset_another_run_inserts_at_the_same_moment_is_linked_not_a_failur
         assert db.execute("SELECT dataset_uuid FROM datasets").fetchall() == [("0" * 32,)]  # the other run's, shared
 
 
-def test_an_experiment_another_run_tags_at_the_same_moment_starts_the_run(in_tmp):
-    # An experiment made before segpipe tagged its kind: parallel first runs find it untagged at once.
+def test_an_experiment_someone_tags_at_the_same_moment_keeps_their_tag_and_the_run_starts(in_tmp):
+    # An experiment made before segpipe tagged its kind: a parallel first run, or the user in the UI, tags it
+    # between segpipe's look-up and its insert.
     database = in_tmp / "mlflow.db"
     MlflowClient(tracking_uri=f"sqlite:///{database}").create_experiment("older")
-    with another_process_inserts_it_first(database, "experiment_tags") as (other, failures):
+    users_choice = lambda row: row | {"value": "finetuning"}  # noqa: E731
+    with another_process_inserts_it_first(database, "experiment_tags", users_choice) as (other, failures):
         run = TrainingRun("older", {}, {}, True, "late")
     run.finish()
 
     assert len(other) == 1 and len(failures) == 1 and "UNIQUE constraint failed: experiment_tags" in failures[0]
     experiment = MlflowClient(tracking_uri=f"sqlite:///{database}").get_experiment_by_name("older")
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["mlflow.experimentKind"] == "finetuning"  # theirs stands
     assert MlflowClient(tracking_uri=f"sqlite:///{database}").get_run(run.run_id).info.status == "FINISHED"
+
+
+def _integrity_error(driver_error: Exception):
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.IntegrityError("INSERT INTO datasets (...) VALUES (...)", {}, driver_error)
+
+
+def _unique_key_errors() -> list:
+    import psycopg.errors
+
+    return [_integrity_error(sqlite3.IntegrityError("UNIQUE constraint failed: datasets.experiment_id, datasets.name")),
+            _integrity_error(psycopg.errors.UniqueViolation('duplicate key value violates unique constraint "dataset_pk"'))]
+
+
+def _other_integrity_errors() -> list:
+    import psycopg.errors
+
+    return [_integrity_error(sqlite3.IntegrityError("FOREIGN KEY constraint failed")),
+            _integrity_error(sqlite3.IntegrityError("NOT NULL constraint failed: datasets.name")),
+            _integrity_error(psycopg.errors.ForeignKeyViolation('insert or update on table "inputs" violates foreign key'))]
+
+
+@pytest.mark.parametrize("through_a_server", [False, True])
+def test_only_a_unique_key_error_counts_as_a_lost_insert_race_in_process_or_from_a_server(through_a_server):
+    from mlflow.exceptions import MlflowException, RestException
+
+    from segpipe.tracking.store import lost_an_insert_race
+
+    def as_mlflow_raises_it(error):  # MLflow's store wraps a SQLAlchemy error; a server sends that text back
+        exc = MlflowException(message=error, error_code="BAD_REQUEST")
+        return RestException({"error_code": "BAD_REQUEST", "message": str(exc)}) if through_a_server else exc
+
+    assert [lost_an_insert_race(as_mlflow_raises_it(e)) for e in _unique_key_errors()] == [True, True]
+    assert [lost_an_insert_race(as_mlflow_raises_it(e)) for e in _other_integrity_errors()] == [False, False, False]
 
 
 def test_a_broken_store_is_named(in_tmp):

@@ -283,29 +283,39 @@ RUNS_VIEW = "workflowType=machine_learning"
 
 def mark_training_experiment(client, experiment) -> None:
     """Tag an experiment made before segpipe set the kind (a user's own choice in the UI is left alone)."""
+    from mlflow.exceptions import MlflowException
+
     for key, value in EXPERIMENT_KIND.items():
-        if key not in experiment.tags:  # parallel first runs find it untagged at the same moment
-            again_if_another_inserted_it(client.set_experiment_tag, experiment.experiment_id, key, value)
+        if key not in experiment.tags:
+            try:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+            except MlflowException as exc:
+                # A parallel first run (or the user, in the UI) tagged it between the look-up and the insert:
+                # theirs stands.
+                if not lost_an_insert_race(exc):
+                    raise
 
 
 def again_if_another_inserted_it(call, *args, **kwargs):
-    """Call an MLflow write that looks a row up and inserts it when missing (a dataset, a tag), once more
-    when another process inserted the same row in between: the write then fails on the table's key, and
-    the retry finds the row. Parallel queued experiments and teammates' runs meet this on a shared store."""
+    """Call an MLflow write that looks a row up and inserts it when missing (a run's dataset), and call it
+    again (three tries in all) when another process inserted the same row in between: the write then
+    fails on the table's key, and the next try finds the row. Parallel queued experiments and teammates'
+    runs that start together meet this on a shared store."""
     from mlflow.exceptions import MlflowException
 
     for attempt in range(3):
         try:
             return call(*args, **kwargs)
         except MlflowException as exc:
-            if attempt == 2 or not _a_unique_key_error(exc):
+            if attempt == 2 or not lost_an_insert_race(exc):
                 raise
 
 
-def _a_unique_key_error(exc: Exception) -> bool:
-    """A database's unique-key error (SQLite, PostgreSQL, MySQL) as MLflow passes it on, in process or from a server."""
-    return re.search(r"IntegrityError|UniqueViolation|UNIQUE constraint failed|duplicate key|Duplicate entry",
-                     str(exc)) is not None
+def lost_an_insert_race(exc: Exception) -> bool:
+    """A database's unique-key error (SQLite, PostgreSQL, MySQL) as MLflow passes it on, in process or from a
+    server; not its other integrity errors (a foreign key, a NOT NULL), which a second try cannot mend."""
+    return re.search(r"UNIQUE constraint failed|UniqueViolation|duplicate key value violates unique constraint|"
+                     r"Duplicate entry", str(exc)) is not None
 
 
 def runs_table_url(base: str, experiment_id: str) -> str:
