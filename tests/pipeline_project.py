@@ -51,7 +51,7 @@ def wait_for_queues(expected: dict[Path, int], timeout: float = 600) -> dict[Pat
     """Wait until each repository has its expected number of finished experiments, then
     return `dvc queue status` of each. Finished experiments are git refs, cheap to count;
     DVC itself is asked only now and then, to catch a failed one early."""
-    deadline, asked = time.monotonic() + timeout, time.monotonic()
+    deadline, asked, statuses = time.monotonic() + timeout, time.monotonic(), {}
     while True:
         done = all(len(dvc_experiment_refs(repo)) >= count for repo, count in expected.items())
         if done or time.monotonic() - asked > 20:
@@ -60,7 +60,7 @@ def wait_for_queues(expected: dict[Path, int], timeout: float = 600) -> dict[Pat
             if not any("Queued" in s or "Running" in s for s in statuses.values()):
                 return statuses
         if time.monotonic() > deadline:
-            raise AssertionError(f"queues still busy after {timeout} s")
+            raise AssertionError(f"queues still busy after {timeout} s: {statuses}")
         time.sleep(1)
 
 
