@@ -11,6 +11,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 
+# pytest --cpu-report: each test module's processor time, its child processes' included.
+pytest_plugins = ["tests.cpu_report"]
+
 
 # The order make test's two workers are handed work in (xdist_group groups whole). The longest
 # group first, so that no worker ends alone with it; then tests that need no baseline run, which
