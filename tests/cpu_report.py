@@ -14,7 +14,6 @@ nobody waits for are not counted: `dvc queue start`'s workers and the experiment
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from collections import defaultdict
@@ -84,8 +83,10 @@ class CpuReport:
         write(f"{'module':<42} {'tests':>5} {'wall s':>8} {'own s':>8} {'children s':>10} {'CPU s':>8}")
         for module, tests, wall, own, children in by_module(self.rows):
             write(f"{module:<42} {tests:>5} {wall:>8.1f} {own:>8.1f} {children:>10.1f} {own + children:>8.1f}")
+        from segpipe.data.preprocess import worker_count
+
         cpu = sum(own + children for _, _, own, children in self.rows)
-        cores = len(os.sched_getaffinity(0))
+        cores = worker_count(0)  # the cores this process may run on
         elapsed = time.monotonic() - self.started
         write(f"{len(self.rows)} tests computed {cpu:.0f} CPU s in {elapsed:.0f} s: on {cores} cores, "
               f"no hand-out of these tests finishes in under {cpu / cores:.0f} s")
